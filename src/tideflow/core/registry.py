@@ -1,0 +1,145 @@
+"""Handler registration: the forms of ``use`` and the per-type options they carry."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from tideflow.core.options import REGISTRATION_OPTIONS, validate_options
+from tideflow.errors import HandlerRegistrationError, InvalidOptionError
+
+__all__ = ["Registration", "Registry", "validate_name"]
+
+Handler = Callable[..., Any]
+
+
+def validate_name(name: Any, what: str = "task name") -> str:
+    """A task name is a non-empty string without surrounding blanks."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise HandlerRegistrationError(
+            f"{what} must be a non-empty string without leading/trailing spaces, got {name!r}"
+        )
+    if len(name) > 200:
+        raise HandlerRegistrationError(f"{what} is longer than 200 characters: {name[:40]!r}...")
+    return name
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registration:
+    """One registered handler with the options given explicitly at registration."""
+
+    name: str
+    handler: Handler
+    options: Mapping[str, Any]
+    is_async: bool
+    takes_next: bool
+
+    @property
+    def max_concurrent(self) -> int | None:
+        value = self.options.get("max_concurrent_tasks")
+        return int(value) if value is not None else None
+
+    @property
+    def description(self) -> str:
+        return str(self.options.get("description", ""))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.options.get("requires", ()))
+
+
+def _positional_count(handler: Handler) -> int:
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    count = 0
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            return 2
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+def _is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+def make_registration(name: Any, spec: Any, options: Mapping[str, Any]) -> Registration:
+    """Build a registration from the function, options-dict or keyword form."""
+    name = validate_name(name)
+    if isinstance(spec, Mapping):
+        if options:
+            raise HandlerRegistrationError(
+                f"handler {name!r}: give options either in the dict or as keywords, not both"
+            )
+        if "handler" not in spec:
+            raise HandlerRegistrationError(
+                f"handler {name!r}: the options dict needs a 'handler' key with a callable"
+            )
+        options = {k: v for k, v in spec.items() if k != "handler"}
+        spec = spec["handler"]
+    if not callable(spec):
+        raise HandlerRegistrationError(
+            f"handler {name!r} must be callable (a function or async function), got {spec!r}"
+        )
+    try:
+        checked = validate_options(options, REGISTRATION_OPTIONS, f"handler {name!r}")
+    except InvalidOptionError as exc:
+        raise HandlerRegistrationError(str(exc)) from None
+    if checked.get("isolation") == "process":
+        raise HandlerRegistrationError(
+            f"handler {name!r}: isolation='process' is not available yet; use 'thread'"
+        )
+    positional = _positional_count(spec)
+    if positional < 1:
+        raise HandlerRegistrationError(
+            f"handler {name!r} must accept the task as its first positional parameter"
+        )
+    return Registration(
+        name=name,
+        handler=spec,
+        options=checked,
+        is_async=_is_async(spec),
+        takes_next=positional >= 2,
+    )
+
+
+class Registry:
+    """The handlers of one manager. Changes swap an immutable snapshot (hot reload)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handlers: dict[str, Registration] = {}
+        self.version = 0
+
+    def snapshot(self) -> Mapping[str, Registration]:
+        """The current handlers; an attempt keeps the registration it started with."""
+        return self._handlers
+
+    def get(self, name: str) -> Registration | None:
+        return self._handlers.get(name)
+
+    def add(self, registrations: Iterable[Registration]) -> None:
+        """Register (or replace) all of ``registrations`` at once."""
+        with self._lock:
+            handlers = dict(self._handlers)
+            for reg in registrations:
+                handlers[reg.name] = reg
+            self._handlers = handlers
+            self.version += 1
+
+    def remove(self, names: Iterable[str]) -> int:
+        """Unregister ``names``; returns how many were registered."""
+        with self._lock:
+            handlers = dict(self._handlers)
+            removed = sum(1 for n in set(names) if handlers.pop(n, None) is not None)
+            self._handlers = handlers
+            self.version += 1
+            return removed

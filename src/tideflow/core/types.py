@@ -1,0 +1,237 @@
+"""What crosses the store seam: task rows read back, and the writes the core plans.
+
+The core plans every write as a :class:`Change` (or :class:`NewTask`); the store applies it in one
+transaction as a compare-and-set and reports whether it held. Times are POSIX seconds (float).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "AttemptClose",
+    "AttemptOpen",
+    "Change",
+    "ClaimRequest",
+    "EventFilter",
+    "FanIn",
+    "Fence",
+    "NewEvent",
+    "NewTask",
+    "TaskFilter",
+    "TaskRow",
+    "WorkerRow",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One row of ``tideflow_tasks``; field names are the column names."""
+
+    id: int
+    name: str
+    type: str
+    status: str
+    priority: int
+    payload: str | None
+    result: str | None
+    error: str | None
+    tag: str | None
+    stage: int
+    context: bytes | None
+    created_at: float
+    next_run_time: float | None
+    start_time: float | None
+    last_active_time: float | None
+    last_event_type: str | None
+    last_event_time: float | None
+    heartbeat_at: float | None
+    timeout: float
+    max_retries: int
+    retry_count: int
+    retry_interval: float
+    retry_backoff: str
+    max_retry_interval: float
+    retry_jitter: bool
+    cron_expr: str | None
+    tz: str | None
+    parent_id: int | None
+    root_id: int
+    parent_stage: int | None
+    total_children: int
+    completed_children: int
+    worker_id: str | None
+    attempt: int
+    requires: str | None
+    unique_key: str | None
+    suspend_reason: str | None
+    current_stage_name: str | None
+    progress_text: str | None
+    progress_percent: float | None
+
+    def with_values(self, values: Mapping[str, Any]) -> TaskRow:
+        """Return this row with ``values`` applied, as the store wrote them."""
+        return dataclasses.replace(self, **values)
+
+
+TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRow))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fence:
+    """A write about a running task holds only while this worker still owns this attempt."""
+
+    worker_id: str
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An audit event to insert; the store adds the task's ids."""
+
+    event_type: str
+    from_status: str | None
+    to_status: str | None
+    stage: int
+    worker_id: str | None
+    attempt: int | None
+    event_time: float
+    message: str | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptOpen:
+    """Open an attempt row."""
+
+    attempt: int
+    worker_id: str
+    stage: int
+    started_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptClose:
+    """Close the open attempt row ``attempt`` with an outcome."""
+
+    attempt: int
+    outcome: str
+    ended_at: float
+    error: str | None = None
+    timeout_flag: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to insert with its creation events. ``root_id`` None means "its own id"."""
+
+    values: Mapping[str, Any]
+    events: tuple[NewEvent, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FanIn:
+    """Parent bookkeeping attached to a child's terminal write.
+
+    The store counts the child once on its parent (``completed_children + 1``); when that makes
+    ``completed_children == total_children`` it applies ``resume`` in the same transaction.
+    """
+
+    parent_id: int
+    resume: Change
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """One planned state change of one task, applied as compare-and-set.
+
+    It holds only if the task's status is in ``from_statuses`` and, when ``fence`` is set, the
+    task is owned by that worker and attempt (and, when ``stage`` is set, is at that stage).
+    """
+
+    task_id: int
+    root_id: int
+    parent_id: int | None
+    from_statuses: frozenset[str]
+    values: Mapping[str, Any]
+    events: tuple[NewEvent, ...] = ()
+    fence: Fence | None = None
+    stage: int | None = None
+    attempt_open: AttemptOpen | None = None
+    attempt_close: AttemptClose | None = None
+    children: tuple[NewTask, ...] = ()
+    fan_in: FanIn | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Claim up to ``limit`` due tasks for one worker.
+
+    ``names`` maps each claimable task name to its remaining per-type slots (None: no per-type
+    limit). ``plan`` is the core's transition for each chosen row; the store applies it.
+    """
+
+    worker_id: str
+    now: float
+    limit: int
+    names: Mapping[str, int | None]
+    capabilities: frozenset[str]
+    plan: Callable[[TaskRow], Change]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Filters for task queries; every given field must match."""
+
+    ids: Sequence[int] | None = None
+    name: str | None = None
+    status: str | None = None
+    type: str | None = None
+    tag: str | None = None
+    worker_id: str | None = None
+    parent_id: int | None = None
+    root_id: int | None = None
+    suspend_reason: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    order: str = "asc"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Filters for event and attempt queries."""
+
+    task_id: int | None = None
+    root_id: int | None = None
+    event_types: Sequence[str] | None = None
+    worker_id: str | None = None
+    attempt: int | None = None
+    stage: int | None = None
+    outcome: str | None = None
+    started_after: float | None = None
+    started_before: float | None = None
+    ended_after: float | None = None
+    ended_before: float | None = None
+    open_only: bool = False
+    limit: int | None = None
+    offset: int = 0
+    order: str = "asc"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """One row of ``tideflow_workers``."""
+
+    worker_id: str
+    pod_id: str | None
+    host: str
+    pid: int
+    status: str
+    capabilities: str
+    handlers: str
+    concurrency: int
+    registered_at: float
+    last_seen_at: float
+    expires_at: float

@@ -1,0 +1,77 @@
+"""Exceptions raised by tideflow.
+
+Every error derives from :class:`TideflowError`; its message says what was wrong and what is
+allowed. A call that raises writes nothing::
+
+    TideflowError
+    ├── HandlerRegistrationError   bad handler or registration option; unregistered name at submit
+    ├── InvalidCronError           a cron expression or zone that cannot be read
+    ├── InvalidOptionError         a bad option value, filter, limit/offset/order or blank id
+    │   └── InvalidStatusError     a status name that does not exist
+    ├── PayloadError               payload/result not JSON-serialisable or over max_payload_bytes
+    ├── TaskNotFoundError          a control call named a task id that does not exist
+    ├── InvalidTransitionError     a call the state machine does not allow in the task's state
+    ├── TaskTimeoutError           raised by task.check_timeout() past the attempt's timeout
+    ├── OwnershipLostError         the attempt was fenced off (recovered, cancelled, paused...)
+    └── StoreError                 connection string or database problem (never shows a password)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HandlerRegistrationError",
+    "InvalidCronError",
+    "InvalidOptionError",
+    "InvalidStatusError",
+    "InvalidTransitionError",
+    "OwnershipLostError",
+    "PayloadError",
+    "StoreError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "TideflowError",
+]
+
+
+class TideflowError(Exception):
+    """Base class of every error tideflow raises on purpose."""
+
+
+class HandlerRegistrationError(TideflowError):
+    """A handler registration is invalid, or a task name has no handler here."""
+
+
+class InvalidCronError(TideflowError):
+    """A cron expression (or its time zone) cannot be parsed."""
+
+
+class InvalidOptionError(TideflowError, ValueError):
+    """An option, filter or paging value is not allowed."""
+
+
+class InvalidStatusError(InvalidOptionError):
+    """A task status name that does not exist."""
+
+
+class PayloadError(TideflowError, ValueError):
+    """A payload, result or context is not JSON-serialisable or is too large."""
+
+
+class TaskNotFoundError(TideflowError, LookupError):
+    """No task has the given id."""
+
+
+class InvalidTransitionError(TideflowError):
+    """The task's current status does not allow the requested transition."""
+
+
+class TaskTimeoutError(TideflowError):
+    """The current attempt ran past its timeout."""
+
+
+class OwnershipLostError(TideflowError):
+    """The current attempt no longer owns its task (it was fenced off)."""
+
+
+class StoreError(TideflowError):
+    """The database could not be reached or used; the message never contains a password."""

@@ -1,0 +1,652 @@
+"""The :class:`TaskManager`: the one object users hold (the composition root)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from tideflow.core import codec, cron, lifecycle
+from tideflow.core.options import (
+    TASK_OPTIONS,
+    UNSET,
+    ManagerSettings,
+    resolve_policy,
+    schedule_time,
+    validate_options,
+)
+from tideflow.core.records import task_info, worker_info
+from tideflow.core.registry import Registration, Registry, make_registration, validate_name
+from tideflow.core.types import Change, EventFilter, NewTask, TaskFilter, TaskRow
+from tideflow.errors import (
+    HandlerRegistrationError,
+    InvalidOptionError,
+    InvalidTransitionError,
+    TaskNotFoundError,
+    TideflowError,
+)
+from tideflow.models import (
+    TERMINAL_STATUSES,
+    HandlerInfo,
+    Page,
+    TaskAttempt,
+    TaskEvent,
+    TaskInfo,
+    WorkerInfo,
+    parse_status,
+)
+from tideflow.store.factory import open_store
+from tideflow.store.protocol import Store
+from tideflow.worker.runtime import Worker
+
+__all__ = ["TaskManager"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_RETRY_STRATEGY_KEYS = {
+    "max_attempts": "max_retries",
+    "backoff": "retry_backoff",
+    "interval": "retry_interval",
+    "max_interval": "max_retry_interval",
+    "jitter": "retry_jitter",
+}
+
+
+def _twin(
+    fn: Callable[Concatenate[TaskManager, P], R],
+) -> Callable[Concatenate[TaskManager, P], Awaitable[R]]:
+    """The ``a``-prefixed coroutine twin of a blocking method (runs it in a thread)."""
+
+    async def twin(self: TaskManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(fn, self, *args, **kwargs)
+
+    functools.update_wrapper(twin, fn)
+    twin.__name__ = twin.__qualname__ = f"a{fn.__name__}"
+    twin.__doc__ = f"Coroutine version of :meth:`TaskManager.{fn.__name__}`."
+    return twin
+
+
+def _check_id(task_id: Any) -> int:
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        if isinstance(task_id, str) and task_id.strip().isdigit():
+            return int(task_id)
+        raise InvalidOptionError(f"a task id must be an integer, got {task_id!r}")
+    return task_id
+
+
+def _check_page(limit: int | None, offset: int, order: str) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidOptionError(f"limit must be None or an integer >= 0, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidOptionError(f"offset must be an integer >= 0, got {offset!r}")
+    if order not in ("asc", "desc"):
+        raise InvalidOptionError(f"order must be 'asc' or 'desc', got {order!r}")
+
+
+def _ts(value: datetime | float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidOptionError(f"{name} must be a timezone-aware datetime")
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidOptionError(f"{name} must be a datetime or POSIX seconds, got {value!r}")
+
+
+class TaskManager:
+    """Registers handlers, creates and controls tasks, answers queries, and runs a worker.
+
+    ``TaskManager("sqlite:tasks.db", max_concurrent_tasks=10, timeout=60)``; the default
+    database is a private ``sqlite::memory:``. See SPEC §4 for the options.
+    """
+
+    def __init__(self, db: str = "sqlite::memory:", **options: Any) -> None:
+        self._settings = ManagerSettings.from_options(options)
+        self._store: Store = open_store(db)
+        self._registry = Registry()
+        self._lock = threading.RLock()
+        self._set_up = False
+        self._state = "new"  # new -> started -> stopped -> closed
+        self._worker: Worker | None = None
+        self._paused = False
+
+    def __repr__(self) -> str:
+        return f"<TaskManager {self._store.safe_url} {self._state}>"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def worker_id(self) -> str:
+        """This manager's worker identity."""
+        return self._settings.worker_id
+
+    @property
+    def settings(self) -> ManagerSettings:
+        """The current validated options."""
+        return self._settings
+
+    def setup(self) -> None:
+        """Create or migrate the schema (idempotent; ``start()`` calls it)."""
+        self._check_open()
+        self._store.setup()
+        self._set_up = True
+
+    def start(self) -> None:
+        """Start the worker in background threads of this process."""
+        with self._lock:
+            self._check_open()
+            if self._state == "started":
+                return
+            if self._state == "stopped":
+                raise TideflowError("a stopped TaskManager cannot be started again; make a new one")
+            if not self._set_up:
+                self.setup()
+            worker = Worker(self._store, self._registry, lambda: self._settings)
+            if self._paused:
+                worker.pause()
+            worker.start()
+            self._worker = worker
+            self._state = "started"
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the worker: no new claims, ``timeout`` seconds of grace, then release the rest."""
+        with self._lock:
+            if self._state != "started" or self._worker is None:
+                return
+            self._worker.stop(timeout)
+            self._state = "stopped"
+
+    def pause(self) -> None:
+        """Stop claiming in this process (running attempts go on)."""
+        self._paused = True
+        if self._worker is not None:
+            self._worker.pause()
+
+    def resume(self) -> None:
+        """Claim again after :meth:`pause`."""
+        self._paused = False
+        if self._worker is not None:
+            self._worker.resume()
+
+    def close(self) -> None:
+        """Stop the worker if running and release the database."""
+        with self._lock:
+            if self._state == "closed":
+                return
+            self.stop()
+            self._store.close()
+            self._state = "closed"
+
+    def __enter__(self) -> TaskManager:
+        self.setup()
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._state == "closed":
+            raise TideflowError("this TaskManager is closed; make a new one")
+
+    def _ensure_setup(self) -> None:
+        if not self._set_up:
+            self.setup()
+
+    def _notify(self) -> None:
+        if self._worker is not None and not self._paused:
+            self._worker.notify()
+
+    # --- registration --------------------------------------------------------------------------
+    def use(self, name: str | Mapping[str, Any], handler: Any = None, /, **options: Any) -> None:
+        """Register handlers: ``use(name, fn)``, ``use(name, {"handler": fn, ...})``,
+        ``use(name, fn, timeout=...)`` or ``use({"a": fn, "b": {...}})``."""
+        if isinstance(name, Mapping):
+            if handler is not None or options:
+                raise HandlerRegistrationError(
+                    "the bulk form takes only a dict of {name: handler or options dict}"
+                )
+            if not name:
+                raise HandlerRegistrationError("use() got an empty dict of handlers")
+            regs = [make_registration(n, spec, {}) for n, spec in name.items()]
+        else:
+            if handler is None:
+                raise HandlerRegistrationError(
+                    f"use({name!r}) needs a handler: a callable or an options dict with 'handler'"
+                )
+            regs = [make_registration(name, handler, options)]
+        self._registry.add(regs)
+        self._notify()
+
+    def task(self, name: str | None = None, /, **options: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`use`; the function gains ``.submit(payload, **opts)``."""
+
+        def decorate(fn: F) -> F:
+            task_name = name if name is not None else getattr(fn, "__name__", None)
+            self._registry.add([make_registration(task_name, fn, options)])
+
+            def submit(payload: Any = None, **opts: Any) -> int:
+                return self.submit(str(task_name), payload, **opts)
+
+            fn.submit = submit  # type: ignore[attr-defined]
+            self._notify()
+            return fn
+
+        return decorate
+
+    def unuse(self, names: str | Iterable[str]) -> int:
+        """Unregister handlers; returns how many were registered."""
+        if isinstance(names, str):
+            names = [names]
+        return self._registry.remove(names)
+
+    def get_task_info(self, name: str) -> HandlerInfo | None:
+        """What is registered under ``name`` here (None if nothing)."""
+        reg = self._registry.get(name)
+        if reg is None:
+            return None
+        options = {k: v for k, v in reg.options.items() if k != "description"}
+        return HandlerInfo(name=reg.name, description=reg.description, options=options)
+
+    def configure_worker(
+        self,
+        *,
+        max_concurrency: Any = UNSET,
+        capabilities: Any = UNSET,
+        retry_strategy: Any = UNSET,
+    ) -> None:
+        """Set concurrency, capabilities and retry defaults (the seed's ``configureWorker``)."""
+        opts: dict[str, Any] = {}
+        if max_concurrency is not UNSET:
+            opts["max_concurrent_tasks"] = max_concurrency
+        if capabilities is not UNSET:
+            opts["capabilities"] = capabilities
+        if retry_strategy is not UNSET:
+            if not isinstance(retry_strategy, Mapping):
+                raise InvalidOptionError("retry_strategy must be a dict")
+            unknown = sorted(set(retry_strategy) - set(_RETRY_STRATEGY_KEYS))
+            if unknown:
+                raise InvalidOptionError(
+                    f"unknown retry_strategy key(s) {', '.join(unknown)};"
+                    f" allowed: {', '.join(sorted(_RETRY_STRATEGY_KEYS))}"
+                )
+            for key, value in retry_strategy.items():
+                opts[_RETRY_STRATEGY_KEYS[key]] = value
+        self._settings = self._settings.updated(opts)
+        if self._worker is not None:
+            self._worker.refresh()
+
+    # --- creating tasks ------------------------------------------------------------------------
+    def _registration_for(self, name: Any) -> Registration | None:
+        name = validate_name(name)
+        reg = self._registry.get(name)
+        if reg is None and not self._settings.allow_unregistered:
+            raise HandlerRegistrationError(
+                f"no handler is registered for {name!r}: register one with use() or create the"
+                " TaskManager with allow_unregistered=True to enqueue for other workers"
+            )
+        return reg
+
+    def _plan(
+        self,
+        name: Any,
+        payload: Any,
+        options: Mapping[str, Any],
+        *,
+        now: float,
+        cron_expr: str | None = None,
+        tz: str | None = None,
+    ) -> NewTask:
+        reg = self._registration_for(name)
+        opts = validate_options(options, TASK_OPTIONS, f"task {name!r}")
+        reg_opts = reg.options if reg is not None else {}
+        text = codec.encode(payload, f"the payload of {name!r}", self._settings.max_payload_bytes)
+        policy = resolve_policy(opts, reg_opts, self._settings.policy)
+        if cron_expr is not None:
+            if "delay" in opts or "run_at" in opts:
+                raise InvalidOptionError("cron tasks run on their schedule: no delay or run_at")
+            assert tz is not None
+            next_run = cron.next_tick(cron_expr, tz, now)
+        else:
+            next_run = schedule_time(now, opts.get("delay"), opts.get("run_at"))
+        return lifecycle.new_task(
+            name=name,
+            type="cron" if cron_expr is not None else "async",
+            payload=text,
+            policy=policy,
+            next_run_time=next_run,
+            now=now,
+            tag=opts.get("tag", reg_opts.get("tag")),
+            requires=opts.get("requires", reg_opts.get("requires", ())),
+            unique_key=opts.get("unique_key"),
+            cron_expr=cron_expr,
+            tz=tz,
+        )
+
+    def submit(self, name: str, payload: Any = None, /, **options: Any) -> int:
+        """Create a one-off task; returns its id (fib-flow's ``async()``)."""
+        self._check_open()
+        task = self._plan(name, payload, options, now=time.time())
+        self._ensure_setup()
+        (task_id,) = self._store.insert_tasks([task])
+        self._notify()
+        return task_id
+
+    def submit_many(
+        self,
+        items: Iterable[tuple[str, Any] | tuple[str, Any, Mapping[str, Any]] | Mapping[str, Any]],
+        /,
+        **options: Any,
+    ) -> list[int]:
+        """Create many tasks in one transaction. Items are ``(name, payload)``,
+        ``(name, payload, options)`` or ``{"name":, "payload":, **options}``; ``options`` here
+        apply to every item (an item's own options win)."""
+        self._check_open()
+        now = time.time()
+        planned: list[NewTask] = []
+        for index, item in enumerate(items):
+            if isinstance(item, Mapping):
+                spec = dict(item)
+                if "name" not in spec:
+                    raise InvalidOptionError(f"submit_many item #{index} has no 'name'")
+                name, payload = spec.pop("name"), spec.pop("payload", None)
+                own: Mapping[str, Any] = spec
+            elif isinstance(item, tuple) and len(item) in (2, 3):
+                name, payload = item[0], item[1]
+                own = item[2] if len(item) == 3 else {}
+                if not isinstance(own, Mapping):
+                    raise InvalidOptionError(f"submit_many item #{index}: options must be a dict")
+            else:
+                raise InvalidOptionError(
+                    f"submit_many item #{index} must be (name, payload), (name, payload, options)"
+                    f" or a dict, got {item!r}"
+                )
+            planned.append(self._plan(name, payload, {**options, **own}, now=now))
+        if not planned:
+            return []
+        self._ensure_setup()
+        ids = self._store.insert_tasks(planned)
+        self._notify()
+        return ids
+
+    def cron(
+        self, name: str, expr: str, payload: Any = None, /, *, tz: str | None = None, **options: Any
+    ) -> int:
+        """Create a cron task: 5 fields, or 6 with seconds first; read in zone ``tz``."""
+        self._check_open()
+        cron.validate_cron(expr)
+        zone = cron.validate_tz(tz)
+        task = self._plan(name, payload, options, now=time.time(), cron_expr=expr, tz=zone)
+        self._ensure_setup()
+        (task_id,) = self._store.insert_tasks([task])
+        self._notify()
+        return task_id
+
+    # --- controlling tasks ---------------------------------------------------------------------
+    def _control(self, task_id: Any, plan: Callable[[TaskRow, float], list[Change]]) -> None:
+        task_id = _check_id(task_id)
+        self._ensure_setup()
+        for _ in range(10):
+            row = self._store.get_task(task_id)
+            if row is None:
+                raise TaskNotFoundError(f"no task with id {task_id}")
+            changes = plan(row, time.time())
+            if self._store.apply(changes)[0]:
+                self._notify()
+                if self._worker is not None and row.status == "running":
+                    self._worker.refresh()
+                return
+        raise InvalidTransitionError(f"task {task_id} kept changing while being updated; try again")
+
+    def resume_task(self, task_id: int, resume_reason: str | None = None) -> None:
+        """Resume a paused task or an explicit suspension (``stage + 1`` for the latter)."""
+        self._control(task_id, lambda row, now: [lifecycle.resume(row, resume_reason, now)])
+
+    def cancel_task(self, task_id: int, reason: str | None = None) -> None:
+        """Cancel a task and its unfinished descendants (they end ``permanently_failed``)."""
+
+        def plan(row: TaskRow, now: float) -> list[Change]:
+            changes = [lifecycle.cancel(row, reason, now)]
+            for child in self._store.descendants(row.id):
+                if child.status not in TERMINAL_STATUSES:
+                    changes.append(lifecycle.cancel(child, reason or "parent cancelled", now))
+            return changes
+
+        self._control(task_id, plan)
+
+    def pause_task(self, task_id: int) -> None:
+        """Pause a task or cron schedule until :meth:`resume_task`."""
+        self._control(task_id, lambda row, now: [lifecycle.pause(row, now)])
+
+    def retry_task(self, task_id: int) -> None:
+        """Give a permanently failed task a fresh set of attempts from where it stopped."""
+        self._control(task_id, lambda row, now: [lifecycle.retry_task(row, now)])
+
+    # --- queries -------------------------------------------------------------------------------
+    def _rows(self, query: TaskFilter) -> tuple[list[TaskRow], int]:
+        self._check_open()
+        self._ensure_setup()
+        return self._store.query_tasks(query)
+
+    def get_task(self, task_id: int) -> TaskInfo | None:
+        """One task, or None if there is no such id."""
+        task_id = _check_id(task_id)
+        self._check_open()
+        self._ensure_setup()
+        row = self._store.get_task(task_id)
+        return None if row is None else task_info(row)
+
+    def get_tasks(
+        self, *, tag: str | None = None, status: str | None = None, name: str | None = None
+    ) -> list[TaskInfo]:
+        """Tasks matching every given filter, oldest first."""
+        status = parse_status(status) if status is not None else None
+        rows, _ = self._rows(TaskFilter(tag=tag, status=status, name=name))
+        return [task_info(r) for r in rows]
+
+    def get_tasks_by_name(self, name: str) -> list[TaskInfo]:
+        """Tasks of one type."""
+        return self.get_tasks(name=name)
+
+    def get_tasks_by_status(self, status: str, suspend_reason: str | None = None) -> list[TaskInfo]:
+        """Tasks in one status (suspended ones optionally by reason)."""
+        rows, _ = self._rows(TaskFilter(status=parse_status(status), suspend_reason=suspend_reason))
+        return [task_info(r) for r in rows]
+
+    def get_tasks_by_tag(self, tag: str) -> list[TaskInfo]:
+        """Tasks with one tag."""
+        return self.get_tasks(tag=tag)
+
+    def get_child_tasks(self, parent_id: int) -> list[TaskInfo]:
+        """The direct children of a task, in creation order."""
+        rows, _ = self._rows(TaskFilter(parent_id=_check_id(parent_id)))
+        return [task_info(r) for r in rows]
+
+    def get_task_stats_by_tag(self, tag: str, status: str | None = None) -> list[dict[str, Any]]:
+        """Counts of tasks with ``tag`` per name and status."""
+        self._check_open()
+        self._ensure_setup()
+        return self._store.tag_stats(tag, parse_status(status) if status is not None else None)
+
+    def delete_tasks(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        name: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+    ) -> int:
+        """Delete matching tasks with their events and attempts; at least one filter is needed."""
+        if ids is None and name is None and status is None and tag is None:
+            raise InvalidOptionError(
+                "delete_tasks() needs at least one filter (ids, name, status or tag)"
+            )
+        query = TaskFilter(
+            ids=[_check_id(i) for i in ids] if ids is not None else None,
+            name=name,
+            status=parse_status(status) if status is not None else None,
+            tag=tag,
+        )
+        self._check_open()
+        self._ensure_setup()
+        return self._store.delete_tasks(query)
+
+    def query_tasks(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+        tag: str | None = None,
+        worker_id: str | None = None,
+        parent_id: int | None = None,
+        root_id: int | None = None,
+        workflow_root_id: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskInfo]:
+        """Tasks matching every given filter, one page at a time."""
+        _check_page(limit, offset, order)
+        if type is not None and type not in ("async", "cron"):
+            raise InvalidOptionError(f"type must be 'async' or 'cron', got {type!r}")
+        query = TaskFilter(
+            name=name,
+            status=parse_status(status) if status is not None else None,
+            type=type,
+            tag=tag,
+            worker_id=worker_id,
+            parent_id=parent_id,
+            root_id=root_id if root_id is not None else workflow_root_id,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        rows, total = self._rows(query)
+        return Page(
+            items=[task_info(r) for r in rows],
+            total=total,
+            limit=limit,
+            offset=offset,
+            has_more=offset + len(rows) < total,
+        )
+
+    def query_task_events(
+        self,
+        task_id: int,
+        *,
+        event_type: str | None = None,
+        event_types: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskEvent]:
+        """The audit events of one task."""
+        _check_page(limit, offset, order)
+        types = list(event_types or [])
+        if event_type is not None:
+            types.append(event_type)
+        query = EventFilter(
+            task_id=_check_id(task_id),
+            event_types=types or None,
+            worker_id=worker_id,
+            attempt=attempt,
+            stage=stage,
+            started_after=_ts(started_after, "started_after"),
+            started_before=_ts(started_before, "started_before"),
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        self._check_open()
+        self._ensure_setup()
+        items, total = self._store.query_events(query)
+        return Page(items, total, limit, offset, offset + len(items) < total)
+
+    def query_task_attempts(
+        self,
+        task_id: int,
+        *,
+        worker_id: str | None = None,
+        outcome: str | None = None,
+        open_only: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskAttempt]:
+        """The execution rounds of one task."""
+        _check_page(limit, offset, order)
+        query = EventFilter(
+            task_id=_check_id(task_id),
+            worker_id=worker_id,
+            outcome=outcome,
+            open_only=open_only,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        self._check_open()
+        self._ensure_setup()
+        items, total = self._store.query_attempts(query)
+        return Page(items, total, limit, offset, offset + len(items) < total)
+
+    def get_workers(self, status: str | None = None) -> list[WorkerInfo]:
+        """Registered workers, optionally with one status."""
+        if status is not None and status not in ("active", "superseded", "dead", "stopped"):
+            raise InvalidOptionError(
+                f"worker status must be active, superseded, dead or stopped, got {status!r}"
+            )
+        self._check_open()
+        self._ensure_setup()
+        return [worker_info(r) for r in self._store.list_workers(status)]
+
+    def get_worker(self, worker_id: str) -> WorkerInfo | None:
+        """One worker, or None."""
+        for worker in self.get_workers():
+            if worker.worker_id == worker_id:
+                return worker
+        return None
+
+    # --- async twins ---------------------------------------------------------------------------
+    asetup = _twin(setup)
+    asubmit = _twin(submit)
+    asubmit_many = _twin(submit_many)
+    acron = _twin(cron)
+    aresume_task = _twin(resume_task)
+    acancel_task = _twin(cancel_task)
+    apause_task = _twin(pause_task)
+    aretry_task = _twin(retry_task)
+    aget_task = _twin(get_task)
+    aget_tasks = _twin(get_tasks)
+    aget_tasks_by_name = _twin(get_tasks_by_name)
+    aget_tasks_by_status = _twin(get_tasks_by_status)
+    aget_tasks_by_tag = _twin(get_tasks_by_tag)
+    aget_child_tasks = _twin(get_child_tasks)
+    aget_task_stats_by_tag = _twin(get_task_stats_by_tag)
+    adelete_tasks = _twin(delete_tasks)
+    aquery_tasks = _twin(query_tasks)
+    aquery_task_events = _twin(query_task_events)
+    aquery_task_attempts = _twin(query_task_attempts)
+    aget_workers = _twin(get_workers)
+    aget_worker = _twin(get_worker)
+    astop = _twin(stop)
+    aclose = _twin(close)

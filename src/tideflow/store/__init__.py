@@ -1,0 +1,1 @@
+"""Storage: the store protocol and its SQL implementations (all SQL lives here)."""

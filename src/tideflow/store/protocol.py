@@ -1,0 +1,106 @@
+"""The store seam: one method per domain operation, each one transaction.
+
+The runtime and the manager talk to storage only through :class:`Store`. Writes arrive planned
+(:class:`~tideflow.core.types.Change`, :class:`~tideflow.core.types.NewTask`); the store applies
+them as compare-and-set and reports whether they held. It never picks a status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from tideflow.core.types import (
+    Change,
+    ClaimRequest,
+    EventFilter,
+    NewTask,
+    TaskFilter,
+    TaskRow,
+    WorkerRow,
+)
+from tideflow.models import TaskAttempt, TaskEvent
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """What every backend (SQLite, PostgreSQL, MySQL) provides."""
+
+    dialect: str
+    #: the connection string with any password replaced by ``***``
+    safe_url: str
+
+    def setup(self) -> None:
+        """Create or migrate the schema to the current version (idempotent, safe concurrently)."""
+
+    def close(self) -> None:
+        """Release connections; further calls raise :class:`StoreError`."""
+
+    # --- tasks -------------------------------------------------------------------------------
+    def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
+        """Insert all tasks with their events in one transaction; return their ids in order.
+
+        A task whose ``unique_key`` matches a non-terminal task is not inserted: that task's id
+        is returned in its place.
+        """
+
+    def claim(self, request: ClaimRequest) -> list[TaskRow]:
+        """Atomically claim up to ``request.limit`` due tasks; return them as now written."""
+
+    def apply(self, changes: Sequence[Change]) -> list[bool]:
+        """Apply each change as compare-and-set, all in one transaction; say which held."""
+
+    def append_event(self, change: Change) -> int | None:
+        """Apply a change that writes exactly one event; return the event id, or None if fenced."""
+
+    def get_task(self, task_id: int) -> TaskRow | None:
+        """One task row, or None."""
+
+    def query_tasks(self, query: TaskFilter) -> tuple[list[TaskRow], int]:
+        """Matching rows (paged as asked) and the total number of matches."""
+
+    def delete_tasks(self, query: TaskFilter) -> int:
+        """Delete matching tasks with their events and attempts; return how many tasks."""
+
+    def tag_stats(self, tag: str, status: str | None) -> list[dict[str, Any]]:
+        """Counts per (tag, name, status) for one tag."""
+
+    def descendants(self, task_id: int) -> list[TaskRow]:
+        """Every task below ``task_id`` in its workflow tree."""
+
+    def children_of_round(self, parent_id: int, stage: int) -> list[TaskRow]:
+        """The children a parent spawned at ``stage``, in creation order."""
+
+    def running_tasks(
+        self,
+        *,
+        worker_id: str | None = None,
+        heartbeat_before: float | None = None,
+        deadline_before: float | None = None,
+        limit: int = 1000,
+    ) -> list[TaskRow]:
+        """Running tasks, optionally of one worker, stalled, or past their timeout."""
+
+    def heartbeat_tasks(self, worker_id: str, now: float) -> dict[int, int]:
+        """Refresh the heartbeat of every task this worker runs; return ``{task_id: attempt}``."""
+
+    # --- audit ---------------------------------------------------------------------------------
+    def query_events(self, query: EventFilter) -> tuple[list[TaskEvent], int]:
+        """Events matching ``query`` (paged) and their total."""
+
+    def query_attempts(self, query: EventFilter) -> tuple[list[TaskAttempt], int]:
+        """Attempts matching ``query`` (paged) and their total."""
+
+    # --- workers -------------------------------------------------------------------------------
+    def register_worker(self, worker: WorkerRow) -> None:
+        """Insert or replace this worker's row."""
+
+    def heartbeat_worker(self, worker_id: str, now: float, expires_at: float) -> str | None:
+        """Refresh liveness; return the worker's status as stored (None if the row is gone)."""
+
+    def set_worker_status(self, worker_id: str, status: str, now: float) -> None:
+        """Set a worker's status (e.g. ``stopped`` after a graceful stop)."""
+
+    def list_workers(self, status: str | None = None) -> list[WorkerRow]:
+        """Registered workers, optionally with one status."""

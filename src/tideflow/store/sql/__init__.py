@@ -1,0 +1,1 @@
+"""SQL stores: portable statements in ``base``, one file per dialect."""

@@ -1,0 +1,638 @@
+"""Portable SQL for every store operation; dialect files override only what differs.
+
+Statements are written once with ``?`` placeholders and named after the store operation they
+serve. A dialect provides connections and transactions (:meth:`SqlStore._write`,
+:meth:`SqlStore._read`), the claim's candidate query, the schema and row decoding quirks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from tideflow.core.types import (
+    TASK_COLUMNS,
+    Change,
+    ClaimRequest,
+    EventFilter,
+    NewEvent,
+    NewTask,
+    TaskFilter,
+    TaskRow,
+    WorkerRow,
+)
+from tideflow.errors import InvalidOptionError
+from tideflow.models import TERMINAL_STATUSES, TaskAttempt, TaskEvent
+
+log = logging.getLogger("tideflow.store")
+
+T = "tideflow_tasks"
+E = "tideflow_events"
+A = "tideflow_attempts"
+W = "tideflow_workers"
+
+TASK_SELECT = ", ".join(TASK_COLUMNS)
+INSERT_COLUMNS = tuple(c for c in TASK_COLUMNS if c != "id")
+CLAIMABLE = ("pending", "failed", "timeout")
+EVENT_COLUMNS = (
+    "id, task_id, root_id, parent_id, event_type, from_status, to_status, stage, worker_id,"
+    " attempt, event_time, message, metadata"
+)
+ATTEMPT_COLUMNS = (
+    "id, task_id, attempt, worker_id, stage, started_at, ended_at, outcome, error,"
+    " timeout_flag, duration_seconds"
+)
+WORKER_COLUMNS = (
+    "worker_id, pod_id, host, pid, status, capabilities, handlers, concurrency, registered_at,"
+    " last_seen_at, expires_at"
+)
+
+
+class Cursor(Protocol):
+    """The DB-API cursor surface the store uses."""
+
+    @property
+    def rowcount(self) -> int: ...
+    @property
+    def lastrowid(self) -> Any: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SqlStore:
+    """Shared implementation of :class:`~tideflow.store.protocol.Store` over DB-API drivers."""
+
+    dialect = "sql"
+    safe_url = ""
+
+    # --- what a dialect provides ---------------------------------------------------------------
+    def _write(self) -> contextlib.AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _read(self) -> contextlib.AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        """Rewrite a portable statement for the driver's parameter style."""
+        return sql
+
+    def _insert_id(self, cur: Cursor, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(self._q(sql), params)
+        return int(cur.lastrowid)
+
+    def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
+        """Select (and lock, where the dialect can) due candidate rows, best first."""
+        raise NotImplementedError
+
+    def _decode_task(self, row: Sequence[Any]) -> TaskRow:
+        values = list(row)
+        jitter = TASK_COLUMNS.index("retry_jitter")
+        values[jitter] = bool(values[jitter])
+        ctx = TASK_COLUMNS.index("context")
+        if values[ctx] is not None and not isinstance(values[ctx], bytes):
+            values[ctx] = bytes(values[ctx])
+        return TaskRow(*values)
+
+    def _encode_value(self, column: str, value: Any) -> Any:
+        if column == "retry_jitter":
+            return 1 if value else 0
+        return value
+
+    # --- tasks ---------------------------------------------------------------------------------
+    def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
+        with self._write() as cur:
+            return [self._insert_one(cur, task) for task in tasks]
+
+    def _insert_one(self, cur: Cursor, task: NewTask) -> int:
+        values = task.values
+        key = values.get("unique_key")
+        if key is not None:
+            cur.execute(
+                self._q(
+                    f"SELECT id FROM {T} WHERE unique_key = ?"
+                    f" AND status NOT IN ({_placeholders(len(TERMINAL_STATUSES))})"
+                ),
+                (key, *sorted(TERMINAL_STATUSES)),
+            )
+            found = cur.fetchone()
+            if found is not None:
+                return int(found[0])
+        params = [self._encode_value(c, values.get(c)) for c in INSERT_COLUMNS]
+        task_id = self._insert_id(
+            cur,
+            f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)})"
+            f" VALUES ({_placeholders(len(INSERT_COLUMNS))})",
+            params,
+        )
+        root_id = values.get("root_id")
+        if root_id is None:
+            root_id = task_id
+            cur.execute(self._q(f"UPDATE {T} SET root_id = ? WHERE id = ?"), (task_id, task_id))
+        self._insert_events(cur, task_id, root_id, values.get("parent_id"), task.events)
+        return task_id
+
+    def _insert_events(
+        self,
+        cur: Cursor,
+        task_id: int,
+        root_id: int,
+        parent_id: int | None,
+        events: Sequence[NewEvent],
+    ) -> None:
+        if not events:
+            return
+        cur.executemany(
+            self._q(
+                f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status,"
+                " to_status, stage, worker_id, attempt, event_time, message, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            [self._event_params(task_id, root_id, parent_id, e) for e in events],
+        )
+
+    @staticmethod
+    def _event_params(
+        task_id: int, root_id: int, parent_id: int | None, e: NewEvent
+    ) -> tuple[Any, ...]:
+        return (
+            task_id,
+            root_id,
+            parent_id,
+            e.event_type,
+            e.from_status,
+            e.to_status,
+            e.stage,
+            e.worker_id,
+            e.attempt,
+            e.event_time,
+            e.message,
+            json.dumps(dict(e.metadata), separators=(",", ":")) if e.metadata else None,
+        )
+
+    def claim(self, request: ClaimRequest) -> list[TaskRow]:
+        if request.limit <= 0 or not request.names:
+            return []
+        capped = sum(1 for v in request.names.values() if v is not None)
+        fetch = request.limit if not capped else request.limit * 2 + 16
+        claimed: list[TaskRow] = []
+        with self._write() as cur:
+            taken: dict[str, int] = {}
+            rows = self._claim_candidates(cur, request, fetch)
+            for raw in rows:
+                if len(claimed) >= request.limit:
+                    break
+                row = self._decode_task(raw)
+                cap = request.names.get(row.name)
+                if cap is not None and taken.get(row.name, 0) >= cap:
+                    continue
+                change = request.plan(row)
+                if self._apply_one(cur, change):
+                    taken[row.name] = taken.get(row.name, 0) + 1
+                    claimed.append(row.with_values(change.values))
+        return claimed
+
+    def apply(self, changes: Sequence[Change]) -> list[bool]:
+        if not changes:
+            return []
+        with self._write() as cur:
+            return [self._apply_one(cur, c) for c in changes]
+
+    def append_event(self, change: Change) -> int | None:
+        with self._write() as cur:
+            if not self._apply_one(cur, change, events=False):
+                return None
+            (event,) = change.events
+            return self._insert_id(
+                cur,
+                f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status,"
+                " to_status, stage, worker_id, attempt, event_time, message, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._event_params(change.task_id, change.root_id, change.parent_id, event),
+            )
+
+    def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
+        cols = list(change.values)
+        params: list[Any] = [self._encode_value(c, change.values[c]) for c in cols]
+        statuses = sorted(change.from_statuses)
+        sql = (
+            f"UPDATE {T} SET {', '.join(f'{c} = ?' for c in cols)}"
+            f" WHERE id = ? AND status IN ({_placeholders(len(statuses))})"
+        )
+        params += [change.task_id, *statuses]
+        if change.fence is not None:
+            sql += " AND worker_id = ? AND attempt = ?"
+            params += [change.fence.worker_id, change.fence.attempt]
+        if change.stage is not None:
+            sql += " AND stage = ?"
+            params.append(change.stage)
+        cur.execute(self._q(sql), params)
+        if cur.rowcount != 1:
+            log.info(
+                "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
+                change.task_id,
+                statuses,
+                change.fence,
+            )
+            return False
+        if events:
+            self._insert_events(
+                cur, change.task_id, change.root_id, change.parent_id, change.events
+            )
+        if change.attempt_open is not None:
+            o = change.attempt_open
+            cur.execute(
+                self._q(
+                    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at,"
+                    " timeout_flag) VALUES (?, ?, ?, ?, ?, ?, 0)"
+                ),
+                (change.task_id, change.root_id, o.attempt, o.worker_id, o.stage, o.started_at),
+            )
+        if change.attempt_close is not None:
+            c = change.attempt_close
+            cur.execute(
+                self._q(
+                    f"UPDATE {A} SET ended_at = ?, outcome = ?, error = ?, timeout_flag = ?,"
+                    " duration_seconds = ? - started_at"
+                    " WHERE task_id = ? AND attempt = ? AND ended_at IS NULL"
+                ),
+                (
+                    c.ended_at,
+                    c.outcome,
+                    c.error,
+                    1 if c.timeout_flag else 0,
+                    c.ended_at,
+                    change.task_id,
+                    c.attempt,
+                ),
+            )
+        for child in change.children:
+            self._insert_one(cur, child)
+        if change.fan_in is not None:
+            self._fan_in(cur, change)
+        return True
+
+    def _fan_in(self, cur: Cursor, change: Change) -> None:
+        assert change.fan_in is not None
+        parent_id = change.fan_in.parent_id
+        cur.execute(
+            self._q(f"UPDATE {T} SET completed_children = completed_children + 1 WHERE id = ?"),
+            (parent_id,),
+        )
+        cur.execute(
+            self._q(f"SELECT completed_children, total_children, parent_id FROM {T} WHERE id = ?"),
+            (parent_id,),
+        )
+        found = cur.fetchone()
+        if found is None or int(found[0]) < int(found[1]):
+            return
+        resume = change.fan_in.resume
+        self._apply_one(
+            cur,
+            Change(
+                task_id=resume.task_id,
+                root_id=resume.root_id,
+                parent_id=found[2],
+                from_statuses=resume.from_statuses,
+                values=resume.values,
+                events=resume.events,
+                stage=resume.stage,
+            ),
+        )
+
+    def get_task(self, task_id: int) -> TaskRow | None:
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {TASK_SELECT} FROM {T} WHERE id = ?"), (task_id,))
+            row = cur.fetchone()
+        return None if row is None else self._decode_task(row)
+
+    @staticmethod
+    def _task_where(query: TaskFilter) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query.ids is not None:
+            ids = list(query.ids)
+            if not ids:
+                return "1 = 0", []
+            clauses.append(f"id IN ({_placeholders(len(ids))})")
+            params += ids
+        for column in (
+            "name",
+            "status",
+            "type",
+            "tag",
+            "worker_id",
+            "parent_id",
+            "root_id",
+            "suspend_reason",
+        ):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        return (" AND ".join(clauses) or "1 = 1"), params
+
+    @staticmethod
+    def _page(limit: int | None, offset: int) -> tuple[str, list[Any]]:
+        if limit is None and not offset:
+            return "", []
+        return " LIMIT ? OFFSET ?", [limit if limit is not None else 2**62, offset]
+
+    @staticmethod
+    def _order(order: str) -> str:
+        if order not in ("asc", "desc"):
+            raise InvalidOptionError(f"order must be 'asc' or 'desc', got {order!r}")
+        return order.upper()
+
+    def query_tasks(self, query: TaskFilter) -> tuple[list[TaskRow], int]:
+        where, params = self._task_where(query)
+        page, page_params = self._page(query.limit, query.offset)
+        with self._read() as cur:
+            cur.execute(
+                self._q(
+                    f"SELECT {TASK_SELECT} FROM {T} WHERE {where}"
+                    f" ORDER BY id {self._order(query.order)}{page}"
+                ),
+                params + page_params,
+            )
+            rows = [self._decode_task(r) for r in cur.fetchall()]
+            if query.limit is None and not query.offset:
+                return rows, len(rows)
+            cur.execute(self._q(f"SELECT COUNT(*) FROM {T} WHERE {where}"), params)
+            total = int(cur.fetchone()[0])
+        return rows, total
+
+    def delete_tasks(self, query: TaskFilter) -> int:
+        where, params = self._task_where(query)
+        with self._write() as cur:
+            cur.execute(self._q(f"SELECT id FROM {T} WHERE {where}"), params)
+            ids = [int(r[0]) for r in cur.fetchall()]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = _placeholders(len(chunk))
+                for table, column in ((E, "task_id"), (A, "task_id"), (T, "id")):
+                    cur.execute(self._q(f"DELETE FROM {table} WHERE {column} IN ({marks})"), chunk)
+        return len(ids)
+
+    def tag_stats(self, tag: str, status: str | None) -> list[dict[str, Any]]:
+        sql = f"SELECT tag, name, status, COUNT(*) FROM {T} WHERE tag = ?"
+        params: list[Any] = [tag]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        sql += " GROUP BY tag, name, status ORDER BY name, status"
+        with self._read() as cur:
+            cur.execute(self._q(sql), params)
+            return [
+                {"tag": r[0], "name": r[1], "status": r[2], "count": int(r[3])}
+                for r in cur.fetchall()
+            ]
+
+    def descendants(self, task_id: int) -> list[TaskRow]:
+        found: list[TaskRow] = []
+        frontier = [task_id]
+        with self._read() as cur:
+            while frontier:
+                marks = _placeholders(len(frontier))
+                cur.execute(
+                    self._q(
+                        f"SELECT {TASK_SELECT} FROM {T} WHERE parent_id IN ({marks}) ORDER BY id"
+                    ),
+                    frontier,
+                )
+                rows = [self._decode_task(r) for r in cur.fetchall()]
+                found += rows
+                frontier = [r.id for r in rows]
+        return found
+
+    def children_of_round(self, parent_id: int, stage: int) -> list[TaskRow]:
+        with self._read() as cur:
+            cur.execute(
+                self._q(
+                    f"SELECT {TASK_SELECT} FROM {T} WHERE parent_id = ? AND parent_stage = ?"
+                    " ORDER BY id"
+                ),
+                (parent_id, stage),
+            )
+            return [self._decode_task(r) for r in cur.fetchall()]
+
+    def running_tasks(
+        self,
+        *,
+        worker_id: str | None = None,
+        heartbeat_before: float | None = None,
+        deadline_before: float | None = None,
+        limit: int = 1000,
+    ) -> list[TaskRow]:
+        sql = f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running'"
+        params: list[Any] = []
+        if worker_id is not None:
+            sql += " AND worker_id = ?"
+            params.append(worker_id)
+        if heartbeat_before is not None:
+            sql += " AND heartbeat_at < ?"
+            params.append(heartbeat_before)
+        if deadline_before is not None:
+            sql += " AND start_time + timeout < ?"
+            params.append(deadline_before)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        with self._read() as cur:
+            cur.execute(self._q(sql), params)
+            return [self._decode_task(r) for r in cur.fetchall()]
+
+    def heartbeat_tasks(self, worker_id: str, now: float) -> dict[int, int]:
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    f"UPDATE {T} SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running'"
+                ),
+                (now, worker_id),
+            )
+            cur.execute(
+                self._q(f"SELECT id, attempt FROM {T} WHERE worker_id = ? AND status = 'running'"),
+                (worker_id,),
+            )
+            return {int(r[0]): int(r[1]) for r in cur.fetchall()}
+
+    # --- audit ---------------------------------------------------------------------------------
+    def _audit_where(self, query: EventFilter, time_column: str) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column in ("task_id", "root_id", "worker_id", "attempt", "stage"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.event_types:
+            clauses.append(f"event_type IN ({_placeholders(len(query.event_types))})")
+            params += list(query.event_types)
+        if query.outcome is not None:
+            clauses.append("outcome = ?")
+            params.append(query.outcome)
+        if query.started_after is not None:
+            clauses.append(f"{time_column} >= ?")
+            params.append(query.started_after)
+        if query.started_before is not None:
+            clauses.append(f"{time_column} <= ?")
+            params.append(query.started_before)
+        if query.ended_after is not None:
+            clauses.append("ended_at >= ?")
+            params.append(query.ended_after)
+        if query.ended_before is not None:
+            clauses.append("ended_at <= ?")
+            params.append(query.ended_before)
+        if query.open_only:
+            clauses.append("ended_at IS NULL")
+        return (" AND ".join(clauses) or "1 = 1"), params
+
+    def _audit_query(
+        self, table: str, columns: str, query: EventFilter, time_column: str
+    ) -> tuple[list[Any], int]:
+        where, params = self._audit_where(query, time_column)
+        page, page_params = self._page(query.limit, query.offset)
+        with self._read() as cur:
+            cur.execute(
+                self._q(
+                    f"SELECT {columns} FROM {table} WHERE {where}"
+                    f" ORDER BY id {self._order(query.order)}{page}"
+                ),
+                params + page_params,
+            )
+            rows = cur.fetchall()
+            if query.limit is None and not query.offset:
+                return rows, len(rows)
+            cur.execute(self._q(f"SELECT COUNT(*) FROM {table} WHERE {where}"), params)
+            return rows, int(cur.fetchone()[0])
+
+    def query_events(self, query: EventFilter) -> tuple[list[TaskEvent], int]:
+        rows, total = self._audit_query(E, EVENT_COLUMNS, query, "event_time")
+        return [
+            TaskEvent(
+                id=int(r[0]),
+                task_id=int(r[1]),
+                root_id=int(r[2]),
+                parent_id=r[3],
+                event_type=r[4],
+                from_status=r[5],
+                to_status=r[6],
+                stage=int(r[7]),
+                worker_id=r[8],
+                attempt=r[9],
+                event_time=_ts(r[10]),  # type: ignore[arg-type]
+                message=r[11],
+                metadata=json.loads(r[12]) if r[12] else {},
+            )
+            for r in rows
+        ], total
+
+    def query_attempts(self, query: EventFilter) -> tuple[list[TaskAttempt], int]:
+        rows, total = self._audit_query(A, ATTEMPT_COLUMNS, query, "started_at")
+        return [
+            TaskAttempt(
+                id=int(r[0]),
+                task_id=int(r[1]),
+                attempt=int(r[2]),
+                worker_id=r[3],
+                stage=int(r[4]),
+                started_at=_ts(r[5]),  # type: ignore[arg-type]
+                ended_at=_ts(r[6]),
+                outcome=r[7],
+                error=r[8],
+                timeout_flag=bool(r[9]),
+                duration_seconds=None if r[10] is None else float(r[10]),
+            )
+            for r in rows
+        ], total
+
+    # --- workers -------------------------------------------------------------------------------
+    def register_worker(self, worker: WorkerRow) -> None:
+        with self._write() as cur:
+            cur.execute(self._q(f"DELETE FROM {W} WHERE worker_id = ?"), (worker.worker_id,))
+            cur.execute(
+                self._q(
+                    f"INSERT INTO {W} ({WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (
+                    worker.worker_id,
+                    worker.pod_id,
+                    worker.host,
+                    worker.pid,
+                    worker.status,
+                    worker.capabilities,
+                    worker.handlers,
+                    worker.concurrency,
+                    worker.registered_at,
+                    worker.last_seen_at,
+                    worker.expires_at,
+                ),
+            )
+
+    def heartbeat_worker(self, worker_id: str, now: float, expires_at: float) -> str | None:
+        with self._write() as cur:
+            cur.execute(
+                self._q(f"UPDATE {W} SET last_seen_at = ?, expires_at = ? WHERE worker_id = ?"),
+                (now, expires_at, worker_id),
+            )
+            cur.execute(self._q(f"SELECT status FROM {W} WHERE worker_id = ?"), (worker_id,))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def update_worker(self, worker_id: str, values: Mapping[str, Any]) -> None:
+        """Set columns of one worker row."""
+        cols = list(values)
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    f"UPDATE {W} SET {', '.join(f'{c} = ?' for c in cols)} WHERE worker_id = ?"
+                ),
+                [*values.values(), worker_id],
+            )
+
+    def set_worker_status(self, worker_id: str, status: str, now: float) -> None:
+        self.update_worker(worker_id, {"status": status, "last_seen_at": now})
+
+    def list_workers(self, status: str | None = None) -> list[WorkerRow]:
+        sql = f"SELECT {WORKER_COLUMNS} FROM {W}"
+        params: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        with self._read() as cur:
+            cur.execute(self._q(sql + " ORDER BY registered_at"), params)
+            return [
+                WorkerRow(
+                    worker_id=r[0],
+                    pod_id=r[1],
+                    host=r[2],
+                    pid=int(r[3]),
+                    status=r[4],
+                    capabilities=r[5],
+                    handlers=r[6],
+                    concurrency=int(r[7]),
+                    registered_at=float(r[8]),
+                    last_seen_at=float(r[9]),
+                    expires_at=float(r[10]),
+                )
+                for r in cur.fetchall()
+            ]
+
+
+@contextlib.contextmanager
+def nullcontext_cursor(cur: Cursor) -> Iterator[Cursor]:
+    """Yield ``cur`` unchanged (for dialects whose reads share the write path)."""
+    yield cur

@@ -1,0 +1,263 @@
+"""SQLite dialect: one connection per store guarded by a lock, WAL, ``BEGIN IMMEDIATE`` writes.
+
+A ``:memory:`` database is private to its manager and shared by the manager's threads through
+that one connection. A file database may be shared by several processes: each write is a short
+``BEGIN IMMEDIATE`` transaction and waits on the busy timeout instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tideflow.core.types import ClaimRequest
+from tideflow.errors import StoreError
+from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
+
+__all__ = ["SqliteStore"]
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tideflow_tasks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            payload TEXT,
+            result TEXT,
+            error TEXT,
+            tag TEXT,
+            stage INTEGER NOT NULL DEFAULT 0,
+            context BLOB,
+            created_at REAL NOT NULL,
+            next_run_time REAL,
+            start_time REAL,
+            last_active_time REAL,
+            last_event_type TEXT,
+            last_event_time REAL,
+            heartbeat_at REAL,
+            timeout REAL NOT NULL,
+            max_retries INTEGER NOT NULL,
+            retry_count INTEGER NOT NULL DEFAULT 0,
+            retry_interval REAL NOT NULL,
+            retry_backoff TEXT NOT NULL,
+            max_retry_interval REAL NOT NULL,
+            retry_jitter INTEGER NOT NULL,
+            cron_expr TEXT,
+            tz TEXT,
+            parent_id INTEGER,
+            root_id INTEGER,
+            parent_stage INTEGER,
+            total_children INTEGER NOT NULL DEFAULT 0,
+            completed_children INTEGER NOT NULL DEFAULT 0,
+            worker_id TEXT,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            requires TEXT,
+            unique_key TEXT,
+            suspend_reason TEXT,
+            current_stage_name TEXT,
+            progress_text TEXT,
+            progress_percent REAL
+        )""",
+        """CREATE INDEX tideflow_tasks_claim ON tideflow_tasks (priority DESC, next_run_time, id)
+            WHERE status IN ('pending', 'failed', 'timeout')""",
+        """CREATE INDEX tideflow_tasks_running ON tideflow_tasks (worker_id)
+            WHERE status = 'running'""",
+        """CREATE INDEX tideflow_tasks_parent ON tideflow_tasks (parent_id, parent_stage)
+            WHERE parent_id IS NOT NULL""",
+        "CREATE INDEX tideflow_tasks_root ON tideflow_tasks (root_id)",
+        "CREATE INDEX tideflow_tasks_status_name ON tideflow_tasks (status, name)",
+        "CREATE INDEX tideflow_tasks_tag ON tideflow_tasks (tag) WHERE tag IS NOT NULL",
+        """CREATE UNIQUE INDEX tideflow_tasks_unique_key ON tideflow_tasks (unique_key)
+            WHERE unique_key IS NOT NULL AND status NOT IN ('completed', 'permanently_failed')""",
+        """CREATE TABLE tideflow_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id INTEGER NOT NULL,
+            root_id INTEGER NOT NULL,
+            parent_id INTEGER,
+            event_type TEXT NOT NULL,
+            from_status TEXT,
+            to_status TEXT,
+            stage INTEGER NOT NULL,
+            worker_id TEXT,
+            attempt INTEGER,
+            event_time REAL NOT NULL,
+            message TEXT,
+            metadata TEXT
+        )""",
+        "CREATE INDEX tideflow_events_task ON tideflow_events (task_id)",
+        "CREATE INDEX tideflow_events_root ON tideflow_events (root_id)",
+        """CREATE TABLE tideflow_attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id INTEGER NOT NULL,
+            root_id INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker_id TEXT NOT NULL,
+            stage INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            outcome TEXT,
+            error TEXT,
+            timeout_flag INTEGER NOT NULL DEFAULT 0,
+            duration_seconds REAL,
+            UNIQUE (task_id, attempt)
+        )""",
+        "CREATE INDEX tideflow_attempts_root ON tideflow_attempts (root_id)",
+        """CREATE TABLE tideflow_workers (
+            worker_id TEXT PRIMARY KEY,
+            pod_id TEXT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            capabilities TEXT NOT NULL,
+            handlers TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            registered_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+    ),
+}
+
+
+def _covers(requires: str | None, capabilities: str) -> int:
+    """SQL function: 1 when every required capability is offered."""
+    if not requires:
+        return 1
+    offered = set(capabilities.split(",")) if capabilities else set()
+    return 1 if offered.issuperset(requires.split(",")) else 0
+
+
+class SqliteStore(SqlStore):
+    """The embedded default store."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout: float = 30.0, synchronous: str = "FULL"):
+        self.path = path
+        self.safe_url = "sqlite::memory:" if path == ":memory:" else f"sqlite:{path}"
+        self._lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from None
+        conn.create_function("tideflow_covers", 2, _covers, deterministic=True)
+        if path != ":memory:":
+            self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        self._conn: sqlite3.Connection | None = conn
+
+    @staticmethod
+    def _retry_busy(fn: Any, attempts: int = 50) -> Any:
+        for i in range(attempts):
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or i == attempts - 1:
+                    raise StoreError(f"SQLite error: {exc}") from None
+                time.sleep(0.05)
+        return None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("this store is closed; create a new TaskManager")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Cursor]:
+        with self._lock:
+            conn = self._connection()
+            cur = conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error starting a write: {exc}") from None
+            try:
+                yield cur
+            except sqlite3.Error as exc:
+                conn.rollback()
+                raise StoreError(f"SQLite error: {exc}") from None
+            except BaseException:
+                conn.rollback()
+                raise
+            try:
+                conn.commit()
+            except sqlite3.Error as exc:
+                conn.rollback()
+                raise StoreError(f"SQLite error at commit: {exc}") from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        with self._lock:
+            cur = self._connection().cursor()
+            try:
+                yield cur
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error: {exc}") from None
+
+    def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
+        names = sorted(request.names)
+        # literal statuses: SQLite uses a partial index only when the terms match its own
+        statuses = ", ".join(f"'{s}'" for s in CLAIMABLE)
+        cur.execute(
+            f"SELECT {TASK_SELECT} FROM {T} INDEXED BY tideflow_tasks_claim"
+            f" WHERE status IN ({statuses}) AND next_run_time <= ?"
+            f" AND name IN ({', '.join('?' * len(names))})"
+            " AND (requires IS NULL OR tideflow_covers(requires, ?) = 1)"
+            " ORDER BY priority DESC, next_run_time, id LIMIT ?",
+            (
+                request.now,
+                *names,
+                ",".join(sorted(request.capabilities)),
+                fetch,
+            ),
+        )
+        return cur.fetchall()
+
+    def setup(self) -> None:
+        with self._write() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS tideflow_schema"
+                " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+            current = int(cur.fetchone()[0])
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database schema is version {current}, newer than this tideflow"
+                    f" ({SCHEMA_VERSION}); upgrade tideflow"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO tideflow_schema (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+
+    def schema_version(self) -> int:
+        """The version recorded in the database (0 before ``setup``)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'tideflow_schema'"
+            )
+            if cur.fetchone() is None:
+                return 0
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+            return int(cur.fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,1 @@
+"""The worker runtime: claim loop, executors, heartbeats, group commit."""

@@ -1,0 +1,481 @@
+"""The worker: claim loop, executors, heartbeats, timeouts and graceful stop.
+
+A worker runs one asyncio event loop in a background thread. Async handlers run on that loop;
+sync handlers run in a thread pool. Store calls run in a small store thread pool so a slow write
+never blocks the loop. The worker never builds SQL and never picks a status: it asks
+:mod:`tideflow.core.lifecycle` for each change and hands it to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from tideflow.core import codec, cron, lifecycle, workflow
+from tideflow.core.options import ManagerSettings
+from tideflow.core.registry import Registration, Registry
+from tideflow.core.types import Change, ClaimRequest, TaskRow, WorkerRow
+from tideflow.errors import OwnershipLostError, TaskTimeoutError
+from tideflow.store.protocol import Store
+from tideflow.worker.completer import Completer
+from tideflow.worker.task import AttemptState, Next, Suspend, Task
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("tideflow.worker")
+
+R = TypeVar("R")
+
+
+def format_error(exc: BaseException) -> str:
+    """``Type: message`` on the first line, then the formatted traceback."""
+    head = f"{type(exc).__name__}: {exc}"
+    return head + "\n" + "".join(traceback.format_exception(exc)).rstrip()
+
+
+@dataclasses.dataclass(eq=False)
+class Attempt:
+    """One running attempt and what the worker tracks about it."""
+
+    row: TaskRow
+    registration: Registration
+    task: Task
+    state: AttemptState
+    inner: asyncio.Future[Any] | None = None
+    abandoned: bool = False
+    settled: bool = False
+
+
+class Worker:
+    """Runs the tasks of one manager until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Callable[[], ManagerSettings],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._rng = rng or random.Random()
+        self.worker_id = settings().worker_id
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._stop_timeout = 30.0
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._paused = False
+        self._stopping = False
+        self._active: dict[int, Attempt] = {}
+        self._occupied = 0
+        self._by_name: dict[str, int] = {}
+        self._db_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tideflow-db")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1024, thread_name_prefix="tideflow-handler"
+        )
+        self._registered_version = -1
+        self._beat: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- control from other threads ------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and the end of ``stop()``."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the worker thread; returns once the worker is registered."""
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"tideflow-worker-{self.worker_id}", daemon=True
+        )
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def stop(self, timeout: float) -> None:
+        """Stop claiming, give running attempts ``timeout`` seconds, release the rest."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        self._stop_timeout = max(0.0, timeout)
+
+        def request() -> None:
+            self._stopping = True
+            if self._stop_requested is not None:
+                self._stop_requested.set()
+            self._poke()
+
+        loop.call_soon_threadsafe(request)
+        thread.join()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._db_pool.shutdown(wait=True)
+
+    def pause(self) -> None:
+        """Stop claiming (running attempts go on)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Claim again after :meth:`pause`."""
+        self._paused = False
+        self.notify()
+
+    def refresh(self) -> None:
+        """Settings or task ownership changed: re-register and check ownership soon."""
+        self._registered_version = -1
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._beat_now)
+        self.notify()
+
+    def _beat_now(self) -> None:
+        if self._beat is not None:
+            self._beat.set()
+
+    def notify(self) -> None:
+        """Wake the claim loop now (e.g. after a submit in this process)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._poke)
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # pragma: no cover - reported to start() or logged
+            if not self._started.is_set():
+                self._start_error = exc
+                self._started.set()
+            else:
+                log.exception("tideflow worker %s crashed", self.worker_id)
+
+    async def _db(self, fn: Callable[..., R], *args: Any) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, fn, *args)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._beat = asyncio.Event()
+        self._completer = Completer(lambda changes: self._db(self._store.apply, changes))
+        try:
+            await self._db(self._store.register_worker, self._worker_row(time.time()))
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        background = [
+            asyncio.create_task(self._completer.run(), name="tideflow-completer"),
+            asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat"),
+        ]
+        claimer = asyncio.create_task(self._claim_loop(), name="tideflow-claim")
+        await self._stop_requested.wait()
+        await self._shutdown(claimer)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+
+    def _worker_row(self, now: float) -> WorkerRow:
+        settings = self._settings()
+        self._registered_version = self._registry.version
+        return WorkerRow(
+            worker_id=self.worker_id,
+            pod_id=settings.pod_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            status="active",
+            capabilities=json.dumps(list(settings.capabilities)),
+            handlers=json.dumps(sorted(self._registry.snapshot())),
+            concurrency=settings.max_concurrent_tasks,
+            registered_at=now,
+            last_seen_at=now,
+            expires_at=now + settings.worker_heartbeat_timeout,
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _claim_request(self, now: float) -> ClaimRequest | None:
+        settings = self._settings()
+        free = settings.max_concurrent_tasks - self._occupied
+        if free <= 0:
+            return None
+        names: dict[str, int | None] = {}
+        for name, reg in self._registry.snapshot().items():
+            cap = reg.max_concurrent
+            if cap is None:
+                names[name] = None
+            elif cap - self._by_name.get(name, 0) > 0:
+                names[name] = cap - self._by_name.get(name, 0)
+        if not names:
+            return None
+        return ClaimRequest(
+            worker_id=self.worker_id,
+            now=now,
+            limit=free,
+            names=names,
+            capabilities=frozenset(settings.capabilities),
+            plan=lifecycle.claim(self.worker_id, now),
+        )
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            poll = self._settings().poll_interval
+            request = None if self._paused else self._claim_request(time.time())
+            if request is None:
+                await self._sleep(poll)
+                continue
+            try:
+                rows = await self._db(self._store.claim, request)
+            except Exception as exc:
+                log.warning("claiming tasks failed, retrying after %.2fs: %s", poll, exc)
+                await self._sleep(poll)
+                continue
+            for row in rows:
+                self._launch(row)
+            if len(rows) < request.limit:
+                await self._sleep(poll)
+            else:
+                await asyncio.sleep(0)
+
+    def _launch(self, row: TaskRow) -> None:
+        reg = self._registry.get(row.name)
+        state = AttemptState(time.monotonic() + row.timeout)
+        if reg is None:  # unregistered between the claim and now: give it back
+            change = lifecycle.recover(row, time.time(), self.worker_id, "handler unregistered")
+            self._completer.put(change)
+            return
+        task = Task(
+            row, result=self._initial_result(row), state=state, write=self._store.append_event
+        )
+        attempt = Attempt(row=row, registration=reg, task=task, state=state)
+        self._active[row.id] = attempt
+        self._occupied += 1
+        self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
+        self._tasks.add(asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}"))
+
+    def _initial_result(self, row: TaskRow) -> Any:
+        if row.stage > 0:
+            children = self._store.children_of_round(row.id, row.stage - 1)
+            if children:
+                return workflow.child_results(children)
+        if row.type == "cron":
+            return codec.decode(row.result)
+        return None
+
+    def _free_slot(self, attempt: Attempt) -> None:
+        if attempt.settled:
+            return
+        attempt.settled = True
+        self._occupied -= 1
+        self._by_name[attempt.row.name] -= 1
+        self._poke()
+
+    async def _execute(self, a: Attempt) -> None:
+        loop = asyncio.get_running_loop()
+        reg, task = a.registration, a.task
+        args = (task, task.next) if reg.takes_next else (task,)
+        inner: asyncio.Future[Any]
+        if reg.is_async:
+            inner = loop.create_task(reg.handler(*args))
+        else:
+            inner = loop.run_in_executor(self._pool, lambda: reg.handler(*args))
+        a.inner = inner
+        remaining = max(0.0, a.state.deadline - time.monotonic())
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=remaining)
+        except asyncio.CancelledError:
+            if not a.abandoned:
+                raise
+            done = set()
+        self._active.pop(a.row.id, None)
+        current = asyncio.current_task()
+        if current is not None:
+            self._tasks.discard(current)
+        if a.abandoned:
+            self._settle_later(a)
+            return
+        change = self._outcome(a, inner, timed_out=not done)
+        if change is not None:
+            self._completer.put(change)
+        self._settle_later(a)
+
+    def _settle_later(self, a: Attempt) -> None:
+        """Free the slot when the handler has really returned (a sync one may run on)."""
+        inner = a.inner
+        if inner is None or inner.done():
+            self._free_slot(a)
+            if inner is not None and not inner.cancelled():
+                inner.exception()  # retrieved: no "never retrieved" warning
+        else:
+            if isinstance(inner, asyncio.Task):
+                inner.cancel()
+            inner.add_done_callback(lambda f: self._settled(a, f))
+
+    def _settled(self, a: Attempt, inner: asyncio.Future[Any]) -> None:
+        self._free_slot(a)
+        if not inner.cancelled():
+            inner.exception()  # retrieved: no "never retrieved" warning
+
+    def _outcome(self, a: Attempt, inner: asyncio.Future[Any], *, timed_out: bool) -> Change | None:
+        row, settings = a.row, self._settings()
+        now = time.time()
+        if timed_out:
+            a.state.timed_out.set()
+            error = (
+                f"TaskTimeoutError: task {row.id} ({row.name}) ran past its timeout"
+                f" of {row.timeout:g} s"
+            )
+            return lifecycle.fail(row, error, now, self._rng, timed_out=True)
+        try:
+            value = inner.result()
+        except asyncio.CancelledError:
+            error = "CancelledError: the handler was cancelled"
+            return lifecycle.fail(row, error, now, self._rng)
+        except OwnershipLostError:
+            log.info(
+                "task %s attempt %s lost ownership; its outcome is dropped", row.id, row.attempt
+            )
+            return None
+        except TaskTimeoutError as exc:
+            return lifecycle.fail(row, format_error(exc), now, self._rng, timed_out=True)
+        except Exception as exc:
+            return lifecycle.fail(row, format_error(exc), now, self._rng)
+        try:
+            if isinstance(value, Next):
+                children = workflow.plan_children(
+                    row,
+                    value.children,
+                    self._registry.snapshot(),
+                    settings.policy,
+                    now,
+                    settings.max_payload_bytes,
+                )
+                return lifecycle.spawn(row, children, value.context, now)
+            if isinstance(value, Suspend):
+                return lifecycle.suspend(row, value.reason, value.context, now)
+            result = codec.encode(
+                value, f"the result of task {row.id} ({row.name})", settings.max_payload_bytes
+            )
+            return lifecycle.complete(row, result, now, cron.next_tick)
+        except Exception as exc:
+            return lifecycle.fail(row, format_error(exc), now, self._rng)
+
+    # --- heartbeats and sweeps -----------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        last_worker = 0.0
+        while True:
+            settings = self._settings()
+            interval = min(settings.task_heartbeat_interval, settings.worker_heartbeat_interval)
+            assert self._beat is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat.wait(), interval)
+            self._beat.clear()
+            now = time.time()
+            try:
+                owned = await self._db(self._store.heartbeat_tasks, self.worker_id, now)
+                self._fence_lost(owned)
+                if now - last_worker >= settings.worker_heartbeat_interval:
+                    last_worker = now
+                    await self._worker_heartbeat(now, settings)
+                await self._sweep_stalled(now, settings)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _fence_lost(self, owned: Mapping[int, int]) -> None:
+        for task_id, a in list(self._active.items()):
+            if owned.get(task_id) != a.row.attempt:
+                log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
+                a.abandoned = True
+                a.state.lost.set()
+                if isinstance(a.inner, asyncio.Task):
+                    a.inner.cancel()
+
+    async def _worker_heartbeat(self, now: float, settings: ManagerSettings) -> None:
+        if self._registered_version != self._registry.version:
+            row = self._worker_row(now)
+            await self._db(self._store.register_worker, row)
+            return
+        status = await self._db(
+            self._store.heartbeat_worker,
+            self.worker_id,
+            now,
+            now + settings.worker_heartbeat_timeout,
+        )
+        if status is None:
+            await self._db(self._store.register_worker, self._worker_row(now))
+
+    async def _sweep_stalled(self, now: float, settings: ManagerSettings) -> None:
+        """Time out running tasks (of any worker) whose heartbeat stopped."""
+        rows = await self._db(
+            lambda: self._store.running_tasks(
+                heartbeat_before=now - settings.task_heartbeat_timeout
+            )
+        )
+        if not rows:
+            return
+        changes = [
+            lifecycle.fail(
+                row,
+                f"TaskTimeoutError: no heartbeat for over {settings.task_heartbeat_timeout:g} s",
+                now,
+                self._rng,
+                timed_out=True,
+                timeout_type="heartbeat",
+            )
+            for row in rows
+        ]
+        await self._db(self._store.apply, changes)
+
+    # --- stopping ------------------------------------------------------------------------------
+    async def _shutdown(self, claimer: asyncio.Task[None]) -> None:
+        self._poke()
+        with contextlib.suppress(asyncio.CancelledError):
+            await claimer
+        deadline = time.monotonic() + self._stop_timeout
+        while self._active and time.monotonic() < deadline:
+            inners = [a.inner for a in self._active.values() if a.inner is not None]
+            await asyncio.wait(inners, timeout=max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(0)
+        now = time.time()
+        for a in list(self._active.values()):
+            a.abandoned = True
+            a.state.lost.set()
+            self._completer.put(lifecycle.recover(a.row, now, self.worker_id, "worker stopped"))
+            if isinstance(a.inner, asyncio.Task):
+                a.inner.cancel()
+        self._active.clear()
+        await asyncio.sleep(0)
+        await self._completer.flush()
+        try:
+            await self._db(self._store.set_worker_status, self.worker_id, "stopped", time.time())
+        except Exception as exc:
+            log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
