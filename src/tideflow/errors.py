@@ -5,8 +5,8 @@ allowed. A call that raises writes nothing::
 
     TideflowError
     ├── HandlerRegistrationError   bad handler or registration option; unregistered name at submit
-    ├── InvalidCronError           a cron expression or zone that cannot be read
     ├── InvalidOptionError         a bad option value, filter, limit/offset/order or blank id
+    │   ├── InvalidCronError       a cron expression or zone that cannot be read
     │   └── InvalidStatusError     a status name that does not exist
     ├── PayloadError               payload/result not JSON-serialisable or over max_payload_bytes
     ├── TaskNotFoundError          a control call named a task id that does not exist
@@ -41,12 +41,12 @@ class HandlerRegistrationError(TideflowError):
     """A handler registration is invalid, or a task name has no handler here."""
 
 
-class InvalidCronError(TideflowError):
-    """A cron expression (or its time zone) cannot be parsed."""
-
-
 class InvalidOptionError(TideflowError, ValueError):
     """An option, filter or paging value is not allowed."""
+
+
+class InvalidCronError(InvalidOptionError):
+    """A cron expression (or its time zone) cannot be parsed."""
 
 
 class InvalidStatusError(InvalidOptionError):

@@ -268,9 +268,12 @@ class TaskManager:
         max_concurrency: Any = UNSET,
         capabilities: Any = UNSET,
         retry_strategy: Any = UNSET,
+        pod_id: Any = UNSET,
     ) -> None:
-        """Set concurrency, capabilities and retry defaults (the seed's ``configureWorker``)."""
+        """Set concurrency, capabilities, retry defaults and pod id (``configureWorker``)."""
         opts: dict[str, Any] = {}
+        if pod_id is not UNSET:
+            opts["pod_id"] = pod_id
         if max_concurrency is not UNSET:
             opts["max_concurrent_tasks"] = max_concurrency
         if capabilities is not UNSET:

@@ -150,7 +150,7 @@ def test_validate_tz_accepts_iana_names(tz: str) -> None:
      "localtime", 3],
 )  # fmt: skip
 def test_validate_tz_rejects_other_values(tz: object) -> None:
-    with pytest.raises(InvalidOptionError, match=r'IANA time zone name like "Europe/Paris"'):
+    with pytest.raises(InvalidCronError, match=r'IANA time zone name like "Europe/Paris"'):
         validate_tz(tz)  # type: ignore[arg-type]
 
 

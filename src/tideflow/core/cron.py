@@ -84,7 +84,7 @@ def validate_tz(tz: str | None) -> str:
     if tz is None:
         return _local_zone_name()
     if not isinstance(tz, str) or not _loadable(tz):
-        raise InvalidOptionError(
+        raise InvalidCronError(
             f'tz must be an IANA time zone name like "Europe/Paris" or "UTC", got {tz!r}'
         )
     return tz
