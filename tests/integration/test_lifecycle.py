@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from support.wait import assert_stays, wait_for, wait_for_status
-from tideflow.errors import TaskTimeoutError
+from tideflow.errors import OwnershipLostError, TaskTimeoutError
 
 WORKER = "lifecycle-worker"
 
@@ -595,3 +595,120 @@ def test_cron_without_attempts_left_is_paused(make_manager: Any) -> None:
         0.15,
         message="a paused cron task ran again",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# progress, checkpoints, heartbeats
+
+
+def test_progress_and_audit_write_events(make_manager: Any) -> None:
+    tm = make_manager(worker_id=WORKER)
+    returned: list[Any] = []
+
+    def steps(task: Any) -> str:
+        returned.append(
+            task.progress("halfway", stage_name="resize", progress_percent=50, metadata={"k": 1})
+        )
+        returned.append(task.audit("CHECK_1", "first checkpoint", {"rows": 10}))
+        return "done"
+
+    tm.use("steps", steps)
+    task_id = tm.submit("steps")
+    tm.start()
+    info = wait_for_status(tm, task_id, "completed")
+
+    assert (info.current_stage_name, info.progress_text, info.progress_percent) == (
+        "resize",
+        "halfway",
+        50,
+    )
+    evs = events(tm, task_id)
+    assert [e.event_type for e in evs] == [
+        "task_created",
+        "task_claimed",
+        "task_started",
+        "task_progress",
+        "task_checkpoint",
+        "task_completed",
+    ]
+    progress, checkpoint = evs[3], evs[4]
+    assert returned == [progress.id, checkpoint.id]
+    assert progress.metadata == {
+        "stage_name": "resize",
+        "progress_text": "halfway",
+        "progress_percent": 50,
+        "k": 1,
+    }
+    assert checkpoint.metadata == {"code": "CHECK_1", "rows": 10}
+    assert checkpoint.message == "first checkpoint"
+    assert (progress.attempt, checkpoint.attempt) == (1, 1)
+    assert (progress.worker_id, checkpoint.worker_id) == (WORKER, WORKER)
+
+
+def test_progress_and_audit_validate_their_input(make_manager: Any) -> None:
+    tm = make_manager()
+    errors: list[str] = []
+
+    def bad(task: Any) -> str:
+        for call in (
+            lambda: task.progress(progress_percent=150),
+            lambda: task.progress(progress_percent=-1),
+            lambda: task.progress(stage_name=""),
+            lambda: task.progress("x", metadata={"bad": object()}),
+            lambda: task.audit(""),
+            lambda: task.audit("CODE", metadata={"bad": {1, 2}}),
+        ):
+            try:
+                call()
+            except ValueError:
+                errors.append("ValueError")
+            except Exception as exc:  # pragma: no cover - reported by the assertion below
+                errors.append(type(exc).__name__)
+            else:
+                errors.append("accepted")
+        return "ok"
+
+    tm.use("bad", bad)
+    task_id = tm.submit("bad")
+    tm.start()
+    info = wait_for_status(tm, task_id, "completed")
+    assert errors == ["ValueError"] * 6
+    assert event_types(tm, task_id) == [
+        "task_created",
+        "task_claimed",
+        "task_started",
+        "task_completed",
+    ]
+    assert info.progress_percent is None
+
+
+def test_stalled_heartbeat_times_the_attempt_out(make_manager: Any) -> None:
+    # heartbeats are written every 5 s but count as stale after 0.3 s: the running task stalls
+    tm = make_manager(task_heartbeat_interval=5, task_heartbeat_timeout=0.3)
+    observed: list[type[BaseException]] = []
+    done = threading.Event()
+
+    def quiet(task: Any) -> None:
+        deadline = time.monotonic() + 8
+        try:
+            while time.monotonic() < deadline:
+                task.check_timeout()
+                time.sleep(0.01)
+        except BaseException as exc:
+            observed.append(type(exc))
+            raise
+        finally:
+            done.set()
+
+    tm.use("quiet", quiet)
+    task_id = tm.submit("quiet", timeout=60, max_retries=1)
+    tm.start()
+    info = wait_for_status(tm, task_id, "permanently_failed", timeout=10)
+    timed_out = [e for e in events(tm, task_id) if e.event_type == "task_timed_out"]
+    assert len(timed_out) == 1
+    assert timed_out[0].metadata.get("timeout_type") == "heartbeat"
+    (att,) = attempts(tm, task_id)
+    assert att.outcome == "timeout"
+    assert info.status == "permanently_failed"
+    wait_for(done.is_set, timeout=10, message="the stalled handler never stopped")
+    assert observed == [OwnershipLostError]

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from tideflow.errors import InvalidTransitionError
 from tideflow.models import Status
 
-__all__ = ["TRANSITIONS", "Facts", "Transition", "Trigger", "transition", "triggers_from"]
+__all__ = [
+    "TRANSITIONS",
+    "Facts",
+    "Transition",
+    "Trigger",
+    "render_markdown",
+    "transition",
+    "triggers_from",
+]
 
 
 class Trigger(enum.StrEnum):
@@ -167,3 +175,17 @@ def transition(trigger: Trigger, source: str, facts: Facts = Facts()) -> Transit
 def triggers_from(trigger: Trigger) -> frozenset[str]:
     """Every status ``trigger`` may start from, whatever the guard."""
     return frozenset(s for row in TRANSITIONS if row.trigger is trigger for s in row.sources)
+
+
+def render_markdown() -> str:
+    """The table as Markdown (``docs/architecture.md`` embeds it; a test keeps them equal)."""
+    lines = [
+        "| trigger | from | guard | to | events | attempt |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in TRANSITIONS:
+        lines.append(
+            f"| {row.trigger.value} | {', '.join(sorted(row.sources))} | {row.guard}"
+            f" | {row.target} | {', '.join(row.events)} | {row.attempt or ''} |"
+        )
+    return "\n".join(lines) + "\n"
