@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from support.wait import assert_stays, wait_for, wait_for_status
-from tideflow.errors import OwnershipLostError, TaskTimeoutError
+from tideflow import TaskManager
+from tideflow.errors import TaskTimeoutError
 
 WORKER = "lifecycle-worker"
 
@@ -682,33 +683,62 @@ def test_progress_and_audit_validate_their_input(make_manager: Any) -> None:
     assert info.progress_percent is None
 
 
-def test_stalled_heartbeat_times_the_attempt_out(make_manager: Any) -> None:
-    # heartbeats are written every 5 s but count as stale after 0.3 s: the running task stalls
-    tm = make_manager(task_heartbeat_interval=5, task_heartbeat_timeout=0.3)
-    observed: list[type[BaseException]] = []
-    done = threading.Event()
+def test_stalled_heartbeat_is_timed_out_by_another_worker(db_file: str) -> None:
+    # worker A beats its tasks only every 60 s; worker B treats a beat older than 0.3 s as stalled
+    url = f"sqlite:{db_file}"
+    a = TaskManager(
+        url,
+        worker_id="rare-beater",
+        poll_interval=0.02,
+        task_heartbeat_interval=60,
+        worker_heartbeat_interval=60,
+        worker_heartbeat_timeout=120,
+    )
+    b = TaskManager(
+        url,
+        worker_id="observer",
+        poll_interval=0.02,
+        task_heartbeat_interval=0.1,
+        task_heartbeat_timeout=0.3,
+        allow_unregistered=True,
+    )
+    release = threading.Event()
+    started = threading.Event()
 
-    def quiet(task: Any) -> None:
-        deadline = time.monotonic() + 8
-        try:
-            while time.monotonic() < deadline:
-                task.check_timeout()
-                time.sleep(0.01)
-        except BaseException as exc:
-            observed.append(type(exc))
-            raise
-        finally:
-            done.set()
+    def quiet(task: Any) -> str:
+        started.set()
+        release.wait(10)
+        return "late"
 
-    tm.use("quiet", quiet)
-    task_id = tm.submit("quiet", timeout=60, max_retries=1)
-    tm.start()
-    info = wait_for_status(tm, task_id, "permanently_failed", timeout=10)
-    timed_out = [e for e in events(tm, task_id) if e.event_type == "task_timed_out"]
-    assert len(timed_out) == 1
-    assert timed_out[0].metadata.get("timeout_type") == "heartbeat"
-    (att,) = attempts(tm, task_id)
-    assert att.outcome == "timeout"
-    assert info.status == "permanently_failed"
-    wait_for(done.is_set, timeout=10, message="the stalled handler never stopped")
-    assert observed == [OwnershipLostError]
+    try:
+        a.use("quiet", quiet)
+        task_id = a.submit("quiet", timeout=60, max_retries=1)
+        a.start()
+        wait_for(started.is_set, message="the handler never started")
+        b.start()
+
+        info = wait_for_status(b, task_id, "permanently_failed", timeout=10)
+        assert info.result is None
+        timed_out = [e for e in events(b, task_id) if e.event_type == "task_timed_out"]
+        assert len(timed_out) == 1
+        assert timed_out[0].metadata.get("timeout_type") == "heartbeat"
+        assert event_types(b, task_id)[-2:] == ["task_timed_out", "task_permanently_failed"]
+        (att,) = attempts(b, task_id)
+        assert att.outcome == "timeout"
+        assert att.worker_id == "rare-beater"
+
+        release.set()
+        # A's late result loses the fence and changes nothing
+        assert_stays(
+            lambda: (
+                b.get_task(task_id).status == "permanently_failed"
+                and b.get_task(task_id).result is None
+            ),
+            0.2,
+            message="a fenced-off attempt wrote its late result",
+        )
+    finally:
+        release.set()
+        for tm in (a, b):
+            tm.stop(timeout=5)
+            tm.close()

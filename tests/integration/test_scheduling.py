@@ -15,6 +15,7 @@ from tideflow import Status, TaskManager
 from tideflow.errors import (
     HandlerRegistrationError,
     InvalidOptionError,
+    OwnershipLostError,
     PayloadError,
 )
 
@@ -645,3 +646,280 @@ def test_async_twins(make_manager: Any) -> None:
     assert info.tag == "aio"
     assert [t.id for t in pending] == [task_id]
     assert tm.get_task(task_id).status == "pending"
+
+
+# --------------------------------------------------------------------------------------------
+# task controls
+
+
+def _blocking_handler(
+    started: threading.Event, release: threading.Event, seen: list[type[BaseException]]
+) -> Any:
+    def handler(task: Any) -> str:
+        started.set()
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline and not release.is_set():
+                task.check_timeout()
+                time.sleep(0.01)
+        except BaseException as exc:
+            seen.append(type(exc))
+            raise
+        return "late"
+
+    return handler
+
+
+def test_cancel_of_a_running_task_fences_the_attempt(make_manager: Any) -> None:
+    tm = make_manager()
+    started, release, seen = threading.Event(), threading.Event(), []
+    tm.use("block", _blocking_handler(started, release, seen))
+    task_id = tm.submit("block")
+    tm.start()
+    try:
+        wait_for(started.is_set)
+        tm.cancel_task(task_id, reason="operator said no")
+        info = tm.get_task(task_id)
+        assert info.status == "permanently_failed"
+        assert "operator said no" in info.error
+        wait_for(lambda: seen, timeout=10, message="the cancelled handler was not told")
+        assert seen == [OwnershipLostError]
+    finally:
+        release.set()
+    assert event_types(tm, task_id)[-1] == "task_cancelled"
+    (att,) = attempts(tm, task_id)
+    assert att.outcome == "cancelled"
+    assert_stays(
+        lambda: tm.get_task(task_id).status == "permanently_failed",
+        0.1,
+        message="a cancelled attempt changed its task afterwards",
+    )
+
+
+def test_pause_of_a_running_task_then_resume(make_manager: Any) -> None:
+    tm = make_manager()
+    started, release, seen = threading.Event(), threading.Event(), []
+    tm.use("block", _blocking_handler(started, release, seen))
+    task_id = tm.submit("block")
+    tm.start()
+    wait_for(started.is_set)
+    tm.pause_task(task_id)
+    assert tm.get_task(task_id).status == "paused"
+    wait_for(lambda: seen, timeout=10, message="the paused handler was not told")
+    assert seen == [OwnershipLostError]
+    assert attempts(tm, task_id)[0].outcome == "paused"
+    assert_stays(lambda: tm.get_task(task_id).status == "paused", 0.1)
+
+    release.set()
+    tm.resume_task(task_id)
+    info = wait_for_status(tm, task_id, "completed")
+    assert info.result == "late"
+    assert info.retry_count == 0
+    types = event_types(tm, task_id)
+    assert types == [
+        "task_created",
+        "task_claimed",
+        "task_started",
+        "task_paused",
+        "task_resumed",
+        "task_claimed",
+        "task_started",
+        "task_completed",
+    ]
+    assert [a.outcome for a in attempts(tm, task_id)] == ["paused", "completed"]
+
+
+def test_retry_task_gives_fresh_attempts(make_manager: Any) -> None:
+    tm = make_manager()
+    calls: list[tuple[int, int]] = []
+
+    def flaky(task: Any) -> str:
+        calls.append((task.attempt, task.retry_count))
+        if len(calls) <= 2:
+            raise RuntimeError(f"failure {len(calls)}")
+        return "fixed"
+
+    tm.use("flaky", flaky)
+    task_id = tm.submit("flaky", max_retries=2)
+    tm.start()
+    failed = wait_for_status(tm, task_id, "permanently_failed")
+    assert failed.retry_count == 1
+    assert failed.error.startswith("RuntimeError: failure 2")
+
+    tm.retry_task(task_id)
+    info = wait_for_status(tm, task_id, "completed")
+    assert info.result == "fixed"
+    assert info.error is None
+    assert calls == [(1, 0), (2, 1), (3, 0)]
+    types = event_types(tm, task_id)
+    assert types[-5:] == [
+        "task_permanently_failed",
+        "task_resumed",
+        "task_claimed",
+        "task_started",
+        "task_completed",
+    ]
+    assert [a.attempt for a in attempts(tm, task_id)] == [1, 2, 3]
+
+
+def test_resume_of_a_paused_task_resets_retry_count(make_manager: Any) -> None:
+    tm = make_manager()
+    tm.use("fail", lambda task: 1 / 0)
+    task_id = tm.submit("fail", max_retries=3, retry_interval=100)
+    tm.start()
+    assert wait_for_status(tm, task_id, "failed").retry_count == 1
+    tm.pause_task(task_id)
+    assert tm.get_task(task_id).status == "paused"
+    tm.pause()
+    tm.resume_task(task_id)
+    info = tm.get_task(task_id)
+    assert (info.status, info.retry_count) == ("pending", 0)
+    assert event_types(tm, task_id)[-2:] == ["task_paused", "task_resumed"]
+
+
+# --------------------------------------------------------------------------------------------
+# workers and audit queries
+
+
+def test_worker_registers_with_its_details(make_manager: Any) -> None:
+    tm = make_manager(worker_id="registry-worker", capabilities=["gpu"], max_concurrent_tasks=4)
+    tm.use({"a": lambda task: None, "b": lambda task: None})
+    tm.start()
+    worker = wait_for(
+        lambda: {w.worker_id: w for w in tm.get_workers()}.get("registry-worker"),
+        message="the worker never registered",
+    )
+    assert worker.status == "active"
+    assert tuple(worker.capabilities) == ("gpu",)
+    assert set(worker.handlers) >= {"a", "b"}
+    assert worker.concurrency == 4
+    assert worker.pid > 0
+    assert worker.host
+    assert worker.expires_at > worker.last_seen_at
+    assert worker.last_seen_at.utcoffset() == timedelta(0)
+    assert [w.worker_id for w in tm.get_workers(status="active")] == ["registry-worker"]
+    assert tm.get_workers(status="stopped") == []
+    assert tm.get_worker("registry-worker").worker_id == "registry-worker"
+
+
+def test_task_event_paging_and_order(make_manager: Any) -> None:
+    tm = make_manager()
+    tm.use("job", lambda task: None)
+    task_id = tm.submit("job")
+    tm.start()
+    wait_for_status(tm, task_id, "completed")
+
+    everything = tm.query_task_events(task_id)
+    assert everything.total == 4
+    assert [e.event_type for e in everything.items] == [
+        "task_created",
+        "task_claimed",
+        "task_started",
+        "task_completed",
+    ]
+    newest = tm.query_task_events(task_id, limit=2, order="desc")
+    assert [e.event_type for e in newest.items] == ["task_completed", "task_started"]
+    assert (newest.total, newest.has_more) == (4, True)
+    info = tm.get_task(task_id)
+    assert info.last_event_type == "task_completed"
+    assert info.last_event_time == everything.items[-1].event_time
+
+
+# --------------------------------------------------------------------------------------------
+# more ordering, stopping and sharing
+
+
+def test_equal_priority_runs_earliest_next_run_time_first(make_manager: Any) -> None:
+    tm = make_manager(max_concurrent_tasks=1)
+    order: list[str] = []
+    tm.use("job", lambda task: order.append(task.payload))
+    now = datetime.now(UTC)
+    tm.submit("job", "now")
+    tm.submit("job", "a minute ago", run_at=now - timedelta(minutes=1))
+    tm.submit("job", "an hour ago", run_at=now - timedelta(hours=1))
+    last = tm.submit("job", "urgent", priority=1)
+    tm.start()
+    wait_for_status(tm, last, "completed")
+    wait_for(lambda: len(order) == 4)
+    assert order == ["urgent", "an hour ago", "a minute ago", "now"]
+
+
+def test_graceful_stop_cancels_a_running_coroutine(make_manager: Any) -> None:
+    tm = make_manager()
+    started, cleaned_up = threading.Event(), threading.Event()
+
+    async def sleepy(task: Any) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned_up.set()
+        return "never"
+
+    tm.use("sleepy", sleepy)
+    task_id = tm.submit("sleepy")
+    tm.start()
+    wait_for(started.is_set)
+    t0 = time.monotonic()
+    tm.stop(timeout=0.3)
+    assert time.monotonic() - t0 < 4
+    wait_for(cleaned_up.is_set, timeout=5, message="the coroutine was not cancelled at stop")
+    info = tm.get_task(task_id)
+    assert (info.status, info.retry_count) == ("pending", 0)
+    assert event_types(tm, task_id)[-1] == "task_recovered"
+    assert [a.outcome for a in attempts(tm, task_id)] == ["interrupted"]
+
+
+def test_submit_from_many_threads_while_running(make_manager: Any) -> None:
+    tm = make_manager(max_concurrent_tasks=4)
+    tm.use("job", lambda task: task.payload)
+    tm.start()
+    ids: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def submitter(n: int) -> None:
+        try:
+            for i in range(25):
+                task_id = tm.submit("job", n * 100 + i)
+                with lock:
+                    ids.append(task_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(ids) == 100
+    assert len(set(ids)) == 100
+    wait_all(tm, ids)
+    for task_id in ids:
+        assert len(attempts(tm, task_id)) == 1
+
+
+def test_two_managers_share_one_file(db_file: str) -> None:
+    url = f"sqlite:{db_file}"
+    managers = [
+        TaskManager(url, worker_id=f"shared-{n}", poll_interval=0.02, max_concurrent_tasks=2)
+        for n in range(2)
+    ]
+    try:
+        for tm in managers:
+            tm.use("job", lambda task: time.sleep(0.005))
+        ids = managers[0].submit_many([("job", {"i": i}) for i in range(100)])
+        for tm in managers:
+            tm.start()
+        wait_all(managers[1], ids)
+        by_worker: dict[str, int] = {}
+        for task_id in ids:
+            (att,) = attempts(managers[1], task_id)
+            assert att.outcome == "completed"
+            by_worker[att.worker_id] = by_worker.get(att.worker_id, 0) + 1
+        assert set(by_worker) == {"shared-0", "shared-1"}, by_worker
+    finally:
+        for tm in managers:
+            tm.stop(timeout=5)
+            tm.close()

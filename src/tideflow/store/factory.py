@@ -55,11 +55,22 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(sqlite_path(url))
     scheme = url.split(":", 1)[0].lower()
-    if scheme in _POSTGRES_SCHEMES or scheme in _MYSQL_SCHEMES:
-        raise StoreError(
-            f"the {scheme} store is not available in this version of tideflow"
-            f" ({redact(url)}); use a sqlite: connection string"
-        )
+    if scheme in _POSTGRES_SCHEMES:
+        try:
+            from tideflow.store.sql.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"PostgreSQL needs psycopg 3: pip install 'tideflow[postgres]' ({exc})"
+            ) from None
+        return PostgresStore(url)
+    if scheme in _MYSQL_SCHEMES:
+        try:
+            from tideflow.store.sql.mysql import MysqlStore
+        except ImportError as exc:
+            raise StoreError(
+                f"MySQL/MariaDB needs PyMySQL: pip install 'tideflow[mysql]' ({exc})"
+            ) from None
+        return MysqlStore(url)
     raise StoreError(
         f"unknown connection string {redact(url)!r}: expected sqlite:..., postgresql://..."
         " or mysql://..."

@@ -7,7 +7,7 @@ them as compare-and-set and reports whether they held. It never picks a status.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from tideflow.core.types import (
@@ -36,6 +36,13 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections; further calls raise :class:`StoreError`."""
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from any thread) when new work may be due, e.g. on PostgreSQL NOTIFY.
+
+        Returns a function that unsubscribes, or None when the backend has no push channel (the
+        worker then relies on polling alone).
+        """
 
     # --- tasks -------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:

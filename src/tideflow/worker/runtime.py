@@ -189,6 +189,7 @@ class Worker:
             self._started.set()
             return
         self._started.set()
+        unsubscribe = self._store.subscribe(self.notify)
         background = [
             asyncio.create_task(self._completer.run(), name="tideflow-completer"),
             asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat"),
@@ -196,6 +197,8 @@ class Worker:
         claimer = asyncio.create_task(self._claim_loop(), name="tideflow-claim")
         await self._stop_requested.wait()
         await self._shutdown(claimer)
+        if unsubscribe is not None:
+            unsubscribe()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -70,6 +70,14 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+def covers(requires: str | None, capabilities: str) -> bool:
+    """True when every required capability (comma-joined) is among the offered ones."""
+    if not requires:
+        return True
+    offered = set(capabilities.split(",")) if capabilities else set()
+    return offered.issuperset(requires.split(","))
+
+
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -79,6 +87,8 @@ class SqlStore:
 
     dialect = "sql"
     safe_url = ""
+    #: False when ``_claim_candidates`` cannot test ``requires`` in SQL (checked here instead)
+    capabilities_in_sql = True
 
     # --- what a dialect provides ---------------------------------------------------------------
     def _write(self) -> contextlib.AbstractContextManager[Cursor]:
@@ -112,6 +122,10 @@ class SqlStore:
         if column == "retry_jitter":
             return 1 if value else 0
         return value
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """No push channel by default: workers poll."""
+        return None
 
     # --- tasks ---------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
@@ -190,6 +204,7 @@ class SqlStore:
         capped = sum(1 for v in request.names.values() if v is not None)
         fetch = request.limit if not capped else request.limit * 2 + 16
         claimed: list[TaskRow] = []
+        offered = ",".join(sorted(request.capabilities))
         with self._write() as cur:
             taken: dict[str, int] = {}
             rows = self._claim_candidates(cur, request, fetch)
@@ -197,6 +212,8 @@ class SqlStore:
                 if len(claimed) >= request.limit:
                     break
                 row = self._decode_task(raw)
+                if not self.capabilities_in_sql and not covers(row.requires, offered):
+                    continue
                 cap = request.names.get(row.name)
                 if cap is not None and taken.get(row.name, 0) >= cap:
                     continue
@@ -630,9 +647,3 @@ class SqlStore:
                 )
                 for r in cur.fetchall()
             ]
-
-
-@contextlib.contextmanager
-def nullcontext_cursor(cur: Cursor) -> Iterator[Cursor]:
-    """Yield ``cur`` unchanged (for dialects whose reads share the write path)."""
-    yield cur
