@@ -20,6 +20,7 @@ from tideflow.errors import (
     InvalidTransitionError,
     PayloadError,
     TaskNotFoundError,
+    TideflowError,
 )
 
 MISSING_ID = 987_654
@@ -355,3 +356,31 @@ def test_bad_manager_option_leaves_file_untouched(db_file: str) -> None:
     with pytest.raises(InvalidOptionError):
         TaskManager(f"sqlite:{db_file}", bogus=1)
     assert not Path(db_file).exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"max_concurrency": 0}, id="zero-concurrency"),
+        pytest.param({"retry_strategy": {"bogus": 1}}, id="unknown-strategy-key"),
+        pytest.param({"retry_strategy": {"backoff": "linear"}}, id="unknown-backoff"),
+        pytest.param({"retry_strategy": {"max_attempts": -1}}, id="negative-attempts"),
+        pytest.param({"capabilities": [""]}, id="blank-capability"),
+    ],
+)
+def test_bad_configure_worker(tm: Any, kwargs: dict[str, Any]) -> None:
+    assert_refused(tm, InvalidOptionError, lambda: tm.configure_worker(**kwargs))
+    # the manager's defaults are unchanged
+    info = tm.get_task(tm.submit("job"))
+    assert (info.max_retries, info.retry_backoff) == (3, "fixed")
+
+
+def test_a_stopped_manager_cannot_start_again(make_manager: Any) -> None:
+    tm = make_manager()
+    tm.use("job", handler)
+    tm.start()
+    tm.stop(timeout=1)
+    with pytest.raises(TideflowError):
+        tm.start()
+    task_id = tm.submit("job")
+    assert tm.get_task(task_id).status == "pending"

@@ -683,9 +683,9 @@ def test_progress_and_audit_validate_their_input(make_manager: Any) -> None:
     assert info.progress_percent is None
 
 
-def test_stalled_heartbeat_is_timed_out_by_another_worker(db_file: str) -> None:
+def test_stalled_heartbeat_is_timed_out_by_another_worker(shared_db_url: str) -> None:
     # worker A beats its tasks only every 60 s; worker B treats a beat older than 0.3 s as stalled
-    url = f"sqlite:{db_file}"
+    url = shared_db_url
     a = TaskManager(
         url,
         worker_id="rare-beater",
@@ -742,3 +742,39 @@ def test_stalled_heartbeat_is_timed_out_by_another_worker(db_file: str) -> None:
         for tm in (a, b):
             tm.stop(timeout=5)
             tm.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        0,
+        -7,
+        2**53 + 1,
+        1.5,
+        True,
+        "text",
+        "héllo ✓ 日本",
+        [],
+        [1, "a", None, [2.5]],
+        {},
+        {"nested": {"x": [True, None, {"y": "z"}]}},
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_payload_and_result_round_trip(make_manager: Any, value: Any) -> None:
+    tm = make_manager()
+    seen: list[Any] = []
+
+    def echo(task: Any) -> Any:
+        seen.append(task.payload)
+        return task.payload
+
+    tm.use("echo", echo)
+    task_id = tm.submit("echo", value)
+    assert tm.get_task(task_id).payload == value
+    tm.start()
+    info = wait_for_status(tm, task_id, "completed")
+    assert seen == [value]
+    assert info.result == value
+    assert type(info.result) is type(value)

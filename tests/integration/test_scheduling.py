@@ -369,13 +369,13 @@ def test_stop_without_start_is_a_noop(make_manager: Any) -> None:
     assert tm.get_task(task_id).status == "pending"
 
 
-def test_context_manager_starts_and_stops(db_file: str) -> None:
-    with TaskManager(f"sqlite:{db_file}", poll_interval=0.02, worker_id="ctx-worker") as tm:
+def test_context_manager_starts_and_stops(shared_db_url: str) -> None:
+    with TaskManager(shared_db_url, poll_interval=0.02, worker_id="ctx-worker") as tm:
         tm.use("job", lambda task: task.payload + 1)
         task_id = tm.submit("job", 41)
         assert wait_for_status(tm, task_id, "completed").result == 42
 
-    observer = TaskManager(f"sqlite:{db_file}", allow_unregistered=True)
+    observer = TaskManager(shared_db_url, allow_unregistered=True)
     try:
         assert observer.get_task(task_id).result == 42
         workers = {w.worker_id: w for w in observer.get_workers()}
@@ -900,8 +900,8 @@ def test_submit_from_many_threads_while_running(make_manager: Any) -> None:
         assert len(attempts(tm, task_id)) == 1
 
 
-def test_two_managers_share_one_file(db_file: str) -> None:
-    url = f"sqlite:{db_file}"
+def test_two_managers_share_one_file(shared_db_url: str) -> None:
+    url = shared_db_url
     managers = [
         TaskManager(url, worker_id=f"shared-{n}", poll_interval=0.02, max_concurrent_tasks=2)
         for n in range(2)
@@ -923,3 +923,78 @@ def test_two_managers_share_one_file(db_file: str) -> None:
         for tm in managers:
             tm.stop(timeout=5)
             tm.close()
+
+
+def test_a_released_task_is_finished_by_another_worker(shared_db_url: str) -> None:
+    url = shared_db_url
+    first = TaskManager(url, worker_id="leaving", poll_interval=0.02)
+    second = TaskManager(url, worker_id="staying", poll_interval=0.02)
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(task: Any) -> str:
+        started.set()
+        release.wait(10)
+        return "from leaving"
+
+    try:
+        first.use("job", blocking)
+        second.use("job", lambda task: f"from staying, attempt {task.attempt}")
+        task_id = first.submit("job")
+        first.start()
+        wait_for(started.is_set)
+        first.stop(timeout=0.1)
+        assert first.get_task(task_id).status == "pending"
+
+        second.start()
+        info = wait_for_status(second, task_id, "completed")
+        assert info.result == "from staying, attempt 2"
+        assert info.retry_count == 0
+        assert event_types(second, task_id) == [
+            "task_created",
+            "task_claimed",
+            "task_started",
+            "task_recovered",
+            "task_claimed",
+            "task_started",  # the previous round was interrupted, not failed
+            "task_completed",
+        ]
+        assert [(a.attempt, a.worker_id, a.outcome) for a in attempts(second, task_id)] == [
+            (1, "leaving", "interrupted"),
+            (2, "staying", "completed"),
+        ]
+    finally:
+        release.set()
+        for tm in (first, second):
+            tm.stop(timeout=5)
+            tm.close()
+
+
+def test_unique_key_is_held_while_a_retry_waits(make_manager: Any) -> None:
+    tm = make_manager()
+    tm.use("fail", lambda task: 1 / 0)
+    task_id = tm.submit("fail", unique_key="once", max_retries=3, retry_interval=100)
+    tm.start()
+    wait_for_status(tm, task_id, "failed")
+    assert tm.submit("fail", unique_key="once") == task_id
+    tm.cancel_task(task_id)
+    assert tm.submit("fail", unique_key="once") != task_id
+
+
+def test_configure_worker_after_start_changes_concurrency(make_manager: Any) -> None:
+    tm = make_manager(max_concurrent_tasks=1)
+    gauge = Gauge()
+    first_phase_max: list[int] = []
+
+    def work(task: Any) -> None:
+        with gauge:
+            time.sleep(0.05)
+
+    tm.use("work", work)
+    ids = tm.submit_many([("work", {"i": i}) for i in range(24)])
+    tm.start()
+    wait_for(lambda: gauge.done >= 4)
+    first_phase_max.append(gauge.max)
+    tm.configure_worker(max_concurrency=3)
+    wait_all(tm, ids)
+    assert first_phase_max == [1]
+    assert gauge.max == 3

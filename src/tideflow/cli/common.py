@@ -97,14 +97,15 @@ def open_manager(db: str, *, must_exist: bool = True) -> TaskManager:
     path = sqlite_file(db)
     if must_exist and path is not None and not os.path.exists(path):
         raise CliError(
-            f"database file {path!r} does not exist (create it with: tideflow db migrate --db {db})",
+            f"database file {path!r} does not exist"
+            f" (create it with: tideflow db migrate --db {db})",
             code=1,
         )
     return TaskManager(db, allow_unregistered=True)
 
 
 def command_prefix() -> str:
-    """How the user ran us, for printing follow-up commands (``tideflow``, ``.venv/bin/tideflow``)."""
+    """How the user ran us (``tideflow``, ``.venv/bin/tideflow``), to print follow-up commands."""
     argv0 = sys.argv[0] if sys.argv else ""
     base = os.path.basename(argv0)
     if base == "tideflow":

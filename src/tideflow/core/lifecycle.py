@@ -7,6 +7,7 @@ events in order, the attempt row to open or close, the fence, and parent bookkee
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -133,7 +134,7 @@ def _fan_in(row: TaskRow, target: str, now: float) -> FanIn | None:
         values=_touch(t, now, stage=parent_stage + 1, next_run_time=now, suspend_reason=None),
         events=(event,),
     )
-    return FanIn(parent_id=row.parent_id, resume=resume)
+    return FanIn(parent_id=row.parent_id, stage=parent_stage, resume=resume)
 
 
 def new_task(
@@ -326,7 +327,8 @@ def spawn(row: TaskRow, children: Sequence[NewTask], context: bytes | None, now:
         t,
         now,
         suspend_reason=AWAITING_SUBTASKS,
-        total_children=row.total_children + len(children),
+        total_children=len(children),
+        completed_children=0,
     )
     if context is not None:
         values["context"] = context
@@ -472,8 +474,11 @@ def resume(row: TaskRow, reason: str | None, now: float) -> Change:
 
 
 def retry_task(row: TaskRow, now: float) -> Change:
-    """``retry_task``: a permanently failed task gets a fresh set of attempts."""
-    return _control(
+    """``retry_task``: a permanently failed task gets a fresh set of attempts.
+
+    A retried child leaves the terminal statuses, so it is uncounted on its parent's round.
+    """
+    change = _control(
         Trigger.RETRY,
         row,
         now,
@@ -481,6 +486,11 @@ def retry_task(row: TaskRow, now: float) -> Change:
         retry_count=0,
         next_run_time=now,
     )
+    if row.parent_id is not None and row.parent_stage is not None:
+        change = dataclasses.replace(
+            change, fan_in=FanIn(parent_id=row.parent_id, stage=row.parent_stage, delta=-1)
+        )
+    return change
 
 
 def annotate(

@@ -140,6 +140,19 @@ def _names(name: str, value: Any) -> tuple[str, ...]:
     return tuple(sorted(set(items)))
 
 
+def _statuses(name: str, value: Any) -> tuple[str, ...]:
+    known = ("completed", "permanently_failed", "failed", "timeout", "paused", "pending")
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidOptionError(f"{name} must be a list of statuses, got {value!r}")
+    items = tuple(value)
+    bad = [v for v in items if v not in known]
+    if bad or not items:
+        raise InvalidOptionError(
+            f"{name} must be a non-empty list of {', '.join(known)}; got {value!r}"
+        )
+    return items
+
+
 def _delay(name: str, value: Any) -> float:
     if value is None:
         return 0.0
@@ -305,10 +318,15 @@ class ManagerSettings:
         )
         retention = opts.pop("retention", None)
         if isinstance(retention, dict):
+            unknown = sorted(set(retention) - {"expire_time", "statuses"})
+            if unknown:
+                raise InvalidOptionError(
+                    f"unknown retention key(s) {', '.join(unknown)}; allowed: expire_time, statuses"
+                )
             if "expire_time" in retention:
                 opts.setdefault("expire_time", _seconds("expire_time", retention["expire_time"]))
             if "statuses" in retention:
-                opts["retention_statuses"] = tuple(retention["statuses"])
+                opts["retention_statuses"] = _statuses("retention statuses", retention["statuses"])
         elif retention is not None:
             opts.setdefault("expire_time", retention)
         if not opts.get("worker_id", self.worker_id):

@@ -133,14 +133,18 @@ class NewTask:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FanIn:
-    """Parent bookkeeping attached to a child's terminal write.
+    """Parent bookkeeping attached to a child's write that enters or leaves a terminal status.
 
-    The store counts the child once on its parent (``completed_children + 1``); when that makes
-    ``completed_children == total_children`` it applies ``resume`` in the same transaction.
+    The store adds ``delta`` to the parent's ``completed_children`` only while the parent is
+    suspended at ``stage`` (the round that spawned the child, so a late child of an old round
+    counts nothing); when that makes ``completed_children >= total_children`` it applies
+    ``resume`` in the same transaction. The counters are per round.
     """
 
     parent_id: int
-    resume: Change
+    stage: int
+    delta: int = 1
+    resume: Change | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -76,8 +76,11 @@ class Store(Protocol):
     def descendants(self, task_id: int) -> list[TaskRow]:
         """Every task below ``task_id`` in its workflow tree."""
 
-    def children_of_round(self, parent_id: int, stage: int) -> list[TaskRow]:
-        """The children a parent spawned at ``stage``, in creation order."""
+    def children_of_round(self, parent_id: int, stage: int, count: int) -> list[TaskRow]:
+        """The last ``count`` children a parent spawned at ``stage``, in creation order.
+
+        (A cron parent spawns at stage 0 on every run: only the latest round is wanted.)
+        """
 
     def running_tasks(
         self,

@@ -286,8 +286,8 @@ class Worker:
         self._tasks.add(asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}"))
 
     def _initial_result(self, row: TaskRow) -> Any:
-        if row.stage > 0:
-            children = self._store.children_of_round(row.id, row.stage - 1)
+        if row.stage > 0 and row.total_children > 0:
+            children = self._store.children_of_round(row.id, row.stage - 1, row.total_children)
             if children:
                 return workflow.child_results(children)
         if row.type == "cron":
@@ -404,8 +404,10 @@ class Worker:
             self._beat.clear()
             now = time.time()
             try:
+                # only attempts claimed before the heartbeat's read can be judged by it
+                checked = dict(self._active)
                 owned = await self._db(self._store.heartbeat_tasks, self.worker_id, now)
-                self._fence_lost(owned)
+                self._fence_lost(checked, owned)
                 if now - last_worker >= settings.worker_heartbeat_interval:
                     last_worker = now
                     await self._worker_heartbeat(now, settings)
@@ -413,9 +415,9 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-    def _fence_lost(self, owned: Mapping[int, int]) -> None:
-        for task_id, a in list(self._active.items()):
-            if owned.get(task_id) != a.row.attempt:
+    def _fence_lost(self, checked: Mapping[int, Attempt], owned: Mapping[int, int]) -> None:
+        for task_id, a in checked.items():
+            if self._active.get(task_id) is a and owned.get(task_id) != a.row.attempt:
                 log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
                 a.abandoned = True
                 a.state.lost.set()

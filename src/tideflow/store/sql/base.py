@@ -130,7 +130,11 @@ class SqlStore:
     # --- tasks ---------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
         with self._write() as cur:
-            return [self._insert_one(cur, task) for task in tasks]
+            return self._insert_many(cur, tasks)
+
+    def _insert_many(self, cur: Cursor, tasks: Sequence[NewTask]) -> list[int]:
+        """Insert tasks (with their events) in order; a dialect may batch the round trips."""
+        return [self._insert_one(cur, task) for task in tasks]
 
     def _insert_one(self, cur: Cursor, task: NewTask) -> int:
         values = task.values
@@ -297,19 +301,26 @@ class SqlStore:
                     c.attempt,
                 ),
             )
-        for child in change.children:
-            self._insert_one(cur, child)
+        if change.children:
+            self._insert_many(cur, change.children)
         if change.fan_in is not None:
             self._fan_in(cur, change)
         return True
 
     def _fan_in(self, cur: Cursor, change: Change) -> None:
-        assert change.fan_in is not None
-        parent_id = change.fan_in.parent_id
+        fan_in = change.fan_in
+        assert fan_in is not None
+        parent_id = fan_in.parent_id
+        # the UPDATE row-locks the parent, so concurrent children are counted one at a time
         cur.execute(
-            self._q(f"UPDATE {T} SET completed_children = completed_children + 1 WHERE id = ?"),
-            (parent_id,),
+            self._q(
+                f"UPDATE {T} SET completed_children = completed_children + ?"
+                " WHERE id = ? AND stage = ? AND status = 'suspended'"
+            ),
+            (fan_in.delta, parent_id, fan_in.stage),
         )
+        if cur.rowcount != 1 or fan_in.resume is None:
+            return
         cur.execute(
             self._q(f"SELECT completed_children, total_children, parent_id FROM {T} WHERE id = ?"),
             (parent_id,),
@@ -317,7 +328,7 @@ class SqlStore:
         found = cur.fetchone()
         if found is None or int(found[0]) < int(found[1]):
             return
-        resume = change.fan_in.resume
+        resume = fan_in.resume
         self._apply_one(
             cur,
             Change(
@@ -436,16 +447,16 @@ class SqlStore:
                 frontier = [r.id for r in rows]
         return found
 
-    def children_of_round(self, parent_id: int, stage: int) -> list[TaskRow]:
+    def children_of_round(self, parent_id: int, stage: int, count: int) -> list[TaskRow]:
         with self._read() as cur:
             cur.execute(
                 self._q(
                     f"SELECT {TASK_SELECT} FROM {T} WHERE parent_id = ? AND parent_stage = ?"
-                    " ORDER BY id"
+                    " ORDER BY id DESC LIMIT ?"
                 ),
-                (parent_id, stage),
+                (parent_id, stage, count),
             )
-            return [self._decode_task(r) for r in cur.fetchall()]
+            return [self._decode_task(r) for r in reversed(cur.fetchall())]
 
     def running_tasks(
         self,

@@ -1,0 +1,393 @@
+"""``tideflow demo``: a worker runs a batch of example tasks with live progress, then a summary.
+
+:func:`build_demo` registers the example handlers and :func:`demo_batch` makes the batch; both
+are plain tideflow code a newcomer can read. To add an example, add a handler, an entry in
+``EXAMPLES`` and its tasks in :func:`demo_batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shlex
+import shutil
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TextIO
+from urllib.parse import quote
+
+from tideflow import Task
+from tideflow.cli.common import CliError, command_prefix, sqlite_file
+from tideflow.manager import TaskManager
+from tideflow.models import TERMINAL_STATUSES, TaskInfo
+
+__all__ = ["DEFAULT_DB", "EXAMPLES", "add_command", "build_demo", "demo_batch", "run_demo"]
+
+DEFAULT_DB = "sqlite:tideflow-demo.db"
+MIN_TASKS = 10
+DEADLINE = 120.0  # seconds; the demo normally takes two or three
+
+
+# --- the example handlers ----------------------------------------------------------------------
+def resize_image(task: Task) -> dict[str, Any]:
+    """A sync handler (runs in the worker's thread pool) doing a little CPU work."""
+    size = int(task.payload["size"])
+    digest = hashlib.sha256(f"{task.payload['image']}:{size}".encode() * 500).hexdigest()
+    return {"thumbnail": f"{size // 4}x{size // 4}", "digest": digest[:12]}
+
+
+async def fetch_page(task: Task) -> dict[str, Any]:
+    """An async handler (runs on the worker's event loop): waits on I/O without a thread."""
+    await asyncio.sleep(float(task.payload["latency"]))
+    return {"url": task.payload["url"], "status": 200}
+
+
+def charge_card(task: Task) -> dict[str, Any]:
+    """Fails its first attempt and succeeds on the retry (``retry_count`` says which)."""
+    if task.retry_count == 0:
+        raise ConnectionError("payment gateway timed out (the demo fails every first attempt)")
+    return {"charged": task.payload["amount"], "on_attempt": task.attempt}
+
+
+def import_rows(task: Task) -> None:
+    """Always fails: after ``max_retries`` attempts the task is ``permanently_failed``."""
+    raise ValueError(f"{task.payload['file']}, row 42: invalid date '2024-13-01'")
+
+
+def build_report(task: Task) -> dict[str, Any]:
+    """Reports progress as it goes: ``task.progress()`` writes an event and a percentage."""
+    steps = ("query", "aggregate", "render")
+    for done, step in enumerate(steps, 1):
+        time.sleep(0.005)
+        task.progress(f"{step} done", stage_name=step, progress_percent=100 * done / len(steps))
+    return {"report": task.payload["report"], "pages": 3}
+
+
+def send_alert(task: Task) -> str:
+    """Submitted last with priority 10: claimed before the bulk that was already waiting."""
+    return f"alerted {task.payload['to']}"
+
+
+def cleanup(task: Task) -> str:
+    """Submitted with ``delay=1``: not due, so not claimed, until a second has passed."""
+    return "temporary files removed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One kind of demo task: its handler, registration options, tag and what it shows."""
+
+    handler: Callable[..., Any]
+    shows: str
+    tag: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+EXAMPLES: dict[str, Example] = {
+    "resize_image": Example(resize_image, "sync handler: a little CPU work", "images"),
+    "fetch_page": Example(fetch_page, "async handler: awaits asyncio.sleep()", "web"),
+    "charge_card": Example(
+        charge_card,
+        "fails once, succeeds on its retry 0.2s later",
+        "billing",
+        {"max_retries": 3, "retry_interval": 0.2},
+    ),
+    "import_rows": Example(
+        import_rows,
+        "always fails: permanently_failed after 2 attempts",
+        "imports",
+        {"max_retries": 2, "retry_interval": 0.1},
+    ),
+    "build_report": Example(build_report, "reports progress with task.progress()", "reports"),
+    "send_alert": Example(send_alert, "priority 10: submitted last, runs first", "alerts"),
+    "cleanup": Example(cleanup, "delay=1: not run before a second has passed", "maintenance"),
+}
+
+
+def build_demo(tm: TaskManager) -> None:
+    """Register every example handler on ``tm``."""
+    for name, example in EXAMPLES.items():
+        tm.use(name, example.handler, description=example.shows, **example.options)
+
+
+def demo_batch(n: int) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``n`` tasks for ``submit_many``: mostly sync and async work, a few of each other example,
+    alerts last."""
+    special = {
+        "charge_card": max(1, n // 20),
+        "build_report": max(1, n // 20),
+        "import_rows": 1,
+        "cleanup": 1,
+        "send_alert": max(1, n // 40),
+    }
+    bulk = n - sum(special.values())
+    items: list[tuple[str, Any, dict[str, Any]]] = []
+    for i in range(bulk):
+        if i % 2:
+            payload: dict[str, Any] = {"url": f"https://example.com/page/{i}", "latency": 0.02}
+            items.append(("fetch_page", payload, {"tag": "web"}))
+        else:
+            items.append(
+                ("resize_image", {"image": f"img{i}.png", "size": 1024}, {"tag": "images"})
+            )
+    for i in range(special["charge_card"]):
+        items.append(("charge_card", {"order": 1000 + i, "amount": 19.99}, {"tag": "billing"}))
+    for i in range(special["build_report"]):
+        items.append(("build_report", {"report": f"weekly-{i}"}, {"tag": "reports"}))
+    items.append(("import_rows", {"file": "customers.csv"}, {"tag": "imports"}))
+    items.append(("cleanup", {"dir": "/tmp/demo"}, {"tag": "maintenance", "delay": 1.0}))
+    for i in range(special["send_alert"]):
+        items.append(("send_alert", {"to": f"oncall-{i}"}, {"tag": "alerts", "priority": 10}))
+    return items
+
+
+# --- the command -------------------------------------------------------------------------------
+def add_command(sub: Any) -> None:
+    """Register ``demo`` on the top-level subparsers."""
+    p = sub.add_parser(
+        "demo",
+        help="run example tasks with live progress (start here)",
+        description="Start a worker, submit a batch of example tasks, watch them run.",
+    )
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL", help=f"(default {DEFAULT_DB})")
+    p.add_argument(
+        "--tasks", type=int, default=200, metavar="N", help=f"batch size, >= {MIN_TASKS}"
+    )
+    p.add_argument(
+        "--fresh",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="delete the demo database first, so runs are repeatable (default: yes)",
+    )
+    p.set_defaults(func=lambda args: run_demo(args.db, args.tasks, fresh=args.fresh))
+
+
+def run_demo(db: str, n: int, *, fresh: bool = True, out: TextIO | None = None) -> int:
+    """Run the demo on ``db`` with ``n`` tasks; returns the exit code."""
+    out = out if out is not None else sys.stdout
+    if n < MIN_TASKS:
+        raise CliError(f"--tasks must be at least {MIN_TASKS}, got {n}")
+    path = sqlite_file(db)
+    if fresh and path is not None:
+        _remove_demo_db(path)
+    tm = TaskManager(db, max_concurrent_tasks=8, poll_interval=0.05)
+    try:
+        build_demo(tm)
+        if fresh and path is None:
+            for name in EXAMPLES:
+                tm.delete_tasks(name=name)
+        _intro(out, db, n)
+        tm.start()
+        started = time.time()
+        ids = tm.submit_many(demo_batch(n))
+        finished = _watch(tm, out, started, len(ids))
+        tm.stop(timeout=5)
+        if finished is None:
+            out.write(f"\nthe demo did not finish within {DEADLINE:g}s\n")
+            return 1
+        _summary(tm, out, db, path, min(ids), started)
+    finally:
+        tm.close()
+    return 0
+
+
+def _remove_demo_db(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    if not _is_demo_db(path):
+        raise CliError(
+            f"{path} exists and is not a tideflow demo database: refusing to delete it"
+            " (pick another --db, or pass --no-fresh to add to it)",
+            code=1,
+        )
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
+
+
+def _is_demo_db(path: str) -> bool:
+    """Whether ``path`` is empty or holds only tideflow tables with only demo tasks.
+
+    Read-only and independent of the store, so a foreign database is never modified.
+    """
+    if os.path.getsize(path) == 0:
+        return True
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        tables = {str(r[0]) for r in rows}
+        if any(not t.startswith(("tideflow_", "sqlite_")) for t in tables):
+            return False
+        if "tideflow_tasks" not in tables:
+            return True
+        names = conn.execute("SELECT DISTINCT name FROM tideflow_tasks").fetchall()
+        return {str(r[0]) for r in names} <= set(EXAMPLES)
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def _intro(out: TextIO, db: str, n: int) -> None:
+    out.write(f"tideflow demo: {n} tasks on {db}, one worker with 8 slots\n")
+    width = max(len(name) for name in EXAMPLES)
+    tags = max(len(example.tag) for example in EXAMPLES.values()) + 2
+    for name, example in EXAMPLES.items():
+        tag = f"[{example.tag}]"
+        out.write(f"  {name.ljust(width)}  {tag.ljust(tags)}  {example.shows}\n")
+    out.write("\n")
+    out.flush()
+
+
+# --- live progress -----------------------------------------------------------------------------
+# (label, statuses) in display order; "retrying" tasks failed an attempt and wait for the next.
+_GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("completed", ("completed",)),
+    ("failed", ("permanently_failed",)),
+    ("running", ("running",)),
+    ("retrying", ("failed", "timeout")),
+    ("pending", ("pending",)),
+    ("suspended", ("suspended",)),
+    ("paused", ("paused",)),
+]
+
+
+def _counts(tm: TaskManager) -> dict[str, int]:
+    # One query per status; in this order (the way tasks flow, backwards) a task that moves
+    # during the sampling is missed rather than counted twice.
+    statuses = [s for _, group in _GROUPS for s in group]
+    return {s: tm.query_tasks(status=s, limit=0).total for s in statuses}
+
+
+def _line(counts: dict[str, int], expected: int, elapsed: float, width: int, fancy: bool) -> str:
+    total = max(sum(counts.values()), expected)
+    done = sum(counts[s] for s in TERMINAL_STATUSES)
+    filled = round(20 * done / total) if total else 0
+    full, empty = ("█", "░") if fancy else ("#", ".")
+    bar = full * filled + empty * (20 - filled)
+    parts = []
+    for label, group in _GROUPS:
+        count = sum(counts[s] for s in group)
+        if count or label in ("completed", "running", "pending"):
+            parts.append(f"{count} {label}")
+    pct = 100 * done / total if total else 0.0
+    text = f"[{bar}] {pct:3.0f}% {done}/{total}  {', '.join(parts)}  {elapsed:.1f}s"
+    return text[:width]
+
+
+def _watch(tm: TaskManager, out: TextIO, started: float, expected: int) -> float | None:
+    """Show progress until every task is terminal; returns the time that happened (or None).
+
+    ``expected`` is the number of tasks submitted (more may appear, e.g. workflow children).
+    """
+    tty = out.isatty()
+    encoding = (getattr(out, "encoding", None) or "").lower().replace("-", "")
+    fancy = tty and encoding == "utf8"
+    width = shutil.get_terminal_size().columns - 1 if tty else 200
+    last_print = 0.0
+    idle_before = False
+    while True:
+        counts = _counts(tm)
+        now = time.time()
+        idle = all(counts[s] == 0 for s in counts if s not in TERMINAL_STATUSES)
+        # a task can move between two of the per-status queries: trust "all done" twice in a row
+        done, idle_before = idle and idle_before, idle
+        line = _line(counts, expected, now - started, width, fancy)
+        if tty:
+            out.write("\r" + line + "\x1b[K")
+            out.flush()
+        elif done or (not idle and now - last_print >= 1.0):
+            out.write(line + "\n")
+            out.flush()
+            last_print = now
+        if done:
+            if tty:
+                out.write("\n")
+            return now
+        if now - started > DEADLINE:
+            return None
+        if not idle:
+            time.sleep(0.1)
+
+
+# --- summary -----------------------------------------------------------------------------------
+def _summary(
+    tm: TaskManager, out: TextIO, db: str, path: str | None, first_id: int, started: float
+) -> None:
+    tasks = [t for t in tm.query_tasks(limit=None).items if t.id >= first_id]
+    elapsed = _finished_after(tasks, started)
+    undelayed = [t for t in tasks if t.name != "cleanup"]
+    busy = _finished_after(undelayed, started)
+    statuses = Counter(t.status for t in tasks)
+    attempts = sum(t.attempt for t in tasks)
+    retried = [t for t in tasks if t.attempt > 1]
+    failed = [t for t in tasks if t.status == "permanently_failed"]
+
+    out.write(
+        f"\nDone: {len(tasks)} tasks in {elapsed:.2f}s; the {len(undelayed)} not delayed were"
+        f" done after {busy:.2f}s ({len(undelayed) / busy:.0f} tasks/s)\n"
+    )
+    for status, count in statuses.most_common():
+        out.write(f"  {status:<20}{count:>6}\n")
+    out.write(f"Attempts: {attempts} in total; {len(retried)} task(s) needed more than one\n")
+    recovered = [t for t in retried if t.status == "completed"]
+    if recovered:
+        t = recovered[0]
+        out.write(
+            f"  e.g. task {t.id} ({t.name}) failed once, then completed on attempt {t.attempt}\n"
+        )
+    for t in failed[:1]:
+        first = (t.error or "").splitlines()[0] if t.error else "-"
+        out.write(f"Permanently failed: task {t.id} ({t.name}) after {t.attempt} attempts:\n")
+        out.write(f"  {first}\n")
+    _priority_note(out, tasks)
+    for t in tasks:
+        if t.name == "cleanup" and t.start_time is not None:
+            wait = (t.start_time - t.created_at).total_seconds()
+            out.write(f"Delayed: task {t.id} (cleanup, delay=1) started {wait:.2f}s after submit\n")
+    reports = [t for t in tasks if t.name == "build_report"]
+    if reports:
+        t = reports[0]
+        out.write(
+            f"Progress: task {t.id} (build_report) ended at {t.progress_percent or 0:g}%"
+            f" ({t.current_stage_name}: {t.progress_text})\n"
+        )
+
+    if path is None:
+        out.write(f"\nDatabase: {db} (in memory: gone now that the demo has ended)\n")
+        return
+    prog = command_prefix()
+    show = (failed or retried or tasks)[0].id
+    db_arg = shlex.quote(db)
+    out.write(f"\nDatabase: {os.path.abspath(path)}\n")
+    out.write("Explore it:\n")
+    out.write(f"  {prog} tasks list --db {db_arg}\n")
+    out.write(f"  {prog} tasks show {show} --db {db_arg}\n")
+
+
+def _finished_after(tasks: list[TaskInfo], started: float) -> float:
+    """Seconds from ``started`` to the last activity of ``tasks``."""
+    ends = [t.last_active_time.timestamp() for t in tasks if t.last_active_time is not None]
+    return max(max(ends, default=time.time()) - started, 1e-3)
+
+
+def _priority_note(out: TextIO, tasks: list[TaskInfo]) -> None:
+    starts = [t.start_time for t in tasks if t.start_time is not None]
+    alerts = [t.start_time for t in tasks if t.name == "send_alert" and t.start_time is not None]
+    if alerts:
+        # tasks claimed together share a start time: count everything that started by then
+        before = sum(1 for s in starts if s <= max(alerts))
+        out.write(
+            f"Priority: {len(alerts)} send_alert task(s) (priority 10, submitted last)"
+            f" started among the first {before} of {len(starts)}\n"
+        )

@@ -1,0 +1,393 @@
+"""``tideflow db migrate``, ``tideflow tasks ...`` and ``tideflow stats``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tideflow.cli.common import CliError, add_db_option, open_manager, resolve_db
+from tideflow.cli.format import duration, one_line, print_table, short_json, when
+from tideflow.errors import TideflowError
+from tideflow.manager import TaskManager
+from tideflow.models import TERMINAL_STATUSES, Status, TaskInfo
+
+__all__ = ["add_commands"]
+
+STATUSES = [s.value for s in Status]
+_SCAN_PAGE = 1000
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``db``, ``tasks`` and ``stats`` on the top-level subparsers."""
+    db = sub.add_parser("db", help="database schema commands")
+    db_sub = db.add_subparsers(title="commands", metavar="COMMAND")
+    migrate = db_sub.add_parser("migrate", help="create or migrate the schema (idempotent)")
+    add_db_option(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+    db.set_defaults(func=_help(db))
+
+    tasks = sub.add_parser("tasks", help="list, inspect and control tasks")
+    t_sub = tasks.add_subparsers(title="commands", metavar="COMMAND")
+    tasks.set_defaults(func=_help(tasks))
+
+    ls = t_sub.add_parser("list", help="list tasks, newest first")
+    add_db_option(ls)
+    ls.add_argument("--status", choices=STATUSES)
+    ls.add_argument("--name", help="task name (type)")
+    ls.add_argument("--tag")
+    ls.add_argument("--limit", type=_non_negative, default=20, help="0 for all (default 20)")
+    ls.add_argument("--offset", type=_non_negative, default=0)
+    ls.add_argument("--order", choices=["asc", "desc"], default="desc", help="by id (default desc)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=cmd_list)
+
+    show = t_sub.add_parser("show", help="a task's fields, events and attempts")
+    add_db_option(show)
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="the task with events and attempts")
+    show.set_defaults(func=cmd_show)
+
+    actions: dict[str, tuple[str, bool]] = {
+        "resume": ("resume a paused task or a suspended one", True),
+        "cancel": ("cancel tasks and their unfinished descendants", True),
+        "pause": ("pause tasks (or cron schedules) until resumed", False),
+        "retry": ("give permanently failed tasks a fresh set of attempts", False),
+    }
+    for action, (text, takes_reason) in actions.items():
+        p = t_sub.add_parser(action, help=text)
+        add_db_option(p)
+        p.add_argument("ids", metavar="ID", type=int, nargs="+")
+        if takes_reason:
+            p.add_argument("--reason", help="stored in the task's events")
+        p.set_defaults(func=cmd_control, action=action)
+
+    delete = t_sub.add_parser(
+        "delete", help="delete tasks with their events and attempts (filters combine)"
+    )
+    add_db_option(delete)
+    delete.add_argument("ids", metavar="ID", type=int, nargs="*")
+    delete.add_argument("--status", choices=STATUSES)
+    delete.add_argument("--name")
+    delete.add_argument("--tag")
+    delete.set_defaults(func=cmd_delete)
+
+    stats = sub.add_parser("stats", help="task counts per name and status, and workers")
+    add_db_option(stats)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+
+def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show_help
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _client(args: argparse.Namespace) -> TaskManager:
+    return open_manager(resolve_db(args))
+
+
+# --- db migrate --------------------------------------------------------------------------------
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``tideflow db migrate``: create or upgrade the schema."""
+    out = sys.stdout
+    tm = open_manager(resolve_db(args), must_exist=False)
+    try:
+        tm.setup()
+        out.write(f"schema is up to date: {tm._store.safe_url}\n")
+    finally:
+        tm.close()
+    return 0
+
+
+# --- tasks list / show -------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    """``tideflow tasks list``: one row per task."""
+    out = sys.stdout
+    tm = _client(args)
+    try:
+        page = tm.query_tasks(
+            status=args.status,
+            name=args.name,
+            tag=args.tag,
+            limit=args.limit or None,
+            offset=args.offset,
+            order=args.order,
+        )
+    finally:
+        tm.close()
+    if args.json:
+        for task in page.items:
+            out.write(json.dumps(task.to_dict(), ensure_ascii=False) + "\n")
+        return 0
+    if not page.items:
+        out.write(
+            "no tasks match\n" if page.total == 0 else f"no tasks on this page of {page.total}\n"
+        )
+        return 0
+    rows = [
+        [
+            t.id,
+            t.name,
+            t.status,
+            t.priority,
+            f"{t.attempt}/{t.max_retries}",
+            t.tag or "-",
+            when(t.created_at),
+            _detail(t),
+        ]
+        for t in page.items
+    ]
+    print_table(
+        out, ["ID", "NAME", "STATUS", "PRI", "TRIES", "TAG", "CREATED (UTC)", "DETAIL"], rows
+    )
+    shown = f"{page.offset + 1}-{page.offset + len(page.items)}"
+    more = " (use --limit/--offset for more)" if page.has_more else ""
+    out.write(f"\n{shown} of {page.total} task(s){more}\n")
+    return 0
+
+
+def _detail(task: TaskInfo) -> str:
+    if task.status in ("permanently_failed", "failed", "timeout") and task.error:
+        return one_line(task.error, 50)
+    if task.status == "suspended":
+        return f"suspended: {task.suspend_reason or '-'}"
+    if task.status == "running" and task.progress_percent is not None:
+        return f"{task.progress_percent:.0f}% {task.progress_text or ''}".strip()
+    if task.status == "completed":
+        return "result " + short_json(task.result, 43)
+    if task.status == "pending" and task.next_run_time is not None:
+        return f"due {when(task.next_run_time)}"
+    return ""
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``tideflow tasks show ID``: fields, then events and attempts."""
+    out = sys.stdout
+    tm = _client(args)
+    try:
+        task = tm.get_task(args.id)
+        if task is None:
+            raise CliError(f"no task with id {args.id}", code=1)
+        events = tm.query_task_events(args.id).items
+        attempts = tm.query_task_attempts(args.id).items
+    finally:
+        tm.close()
+    if args.json:
+        data = {
+            "task": task.to_dict(),
+            "events": [e.to_dict() for e in events],
+            "attempts": [a.to_dict() for a in attempts],
+        }
+        out.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        return 0
+
+    fields: list[tuple[str, Any]] = [
+        ("id", task.id),
+        ("name", task.name),
+        ("type", task.type if task.cron_expr is None else f"cron {task.cron_expr} ({task.tz})"),
+        ("status", task.status),
+        ("stage", task.stage),
+        ("priority", task.priority),
+        ("tag", task.tag or "-"),
+        ("requires", ", ".join(task.requires) or "-"),
+        (
+            "attempt",
+            f"{task.attempt} (retries scheduled {task.retry_count}, max {task.max_retries})",
+        ),
+        ("timeout", duration(task.timeout)),
+        ("created", when(task.created_at)),
+        ("next run", when(task.next_run_time)),
+        ("started", when(task.start_time)),
+        ("last active", when(task.last_active_time)),
+        ("worker", task.worker_id or "-"),
+    ]
+    if task.parent_id is not None or task.total_children:
+        fields.append(("parent", task.parent_id if task.parent_id is not None else "-"))
+        fields.append(("root", task.root_id))
+        fields.append(("children", f"{task.completed_children}/{task.total_children} finished"))
+    if task.suspend_reason:
+        fields.append(("suspend reason", task.suspend_reason))
+    if task.unique_key:
+        fields.append(("unique key", task.unique_key))
+    if task.progress_percent is not None or task.progress_text or task.current_stage_name:
+        pct = "-" if task.progress_percent is None else f"{task.progress_percent:g}%"
+        text = " ".join(x for x in (task.current_stage_name, task.progress_text) if x)
+        fields.append(("progress", f"{pct} {text}".rstrip()))
+    if task.context is not None:
+        fields.append(("context", f"{len(task.context)} bytes"))
+    fields.append(("payload", json.dumps(task.payload, ensure_ascii=False, default=str)))
+    fields.append(("result", json.dumps(task.result, ensure_ascii=False, default=str)))
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        out.write(f"{key.rjust(width)}: {value}\n")
+    if task.error:
+        out.write(f"{'error'.rjust(width)}:\n")
+        for line in task.error.rstrip().splitlines():
+            out.write(f"    {line}\n")
+
+    out.write(f"\nevents ({len(events)}):\n")
+    print_table(
+        out,
+        ["TIME (UTC)", "EVENT", "FROM -> TO", "STAGE", "TRY", "WORKER", "MESSAGE"],
+        [
+            [
+                when(e.event_time),
+                e.event_type,
+                f"{e.from_status or '-'} -> {e.to_status or '-'}" if e.to_status else "",
+                e.stage,
+                e.attempt if e.attempt is not None else "-",
+                e.worker_id or "-",
+                one_line(e.message, 50) if e.message else "",
+            ]
+            for e in events
+        ],
+        indent="  ",
+    )
+    out.write(f"\nattempts ({len(attempts)}):\n")
+    print_table(
+        out,
+        ["TRY", "WORKER", "STAGE", "STARTED (UTC)", "DURATION", "OUTCOME", "ERROR"],
+        [
+            [
+                a.attempt,
+                a.worker_id,
+                a.stage,
+                when(a.started_at),
+                duration(a.duration_seconds),
+                a.outcome or "(running)",
+                one_line(a.error, 50) if a.error else "",
+            ]
+            for a in attempts
+        ],
+        indent="  ",
+    )
+    return 0
+
+
+# --- control -----------------------------------------------------------------------------------
+def cmd_control(args: argparse.Namespace) -> int:
+    """``tideflow tasks resume|cancel|pause|retry ID...``."""
+    out = sys.stdout
+    tm = _client(args)
+    failed = 0
+    try:
+        for task_id in args.ids:
+            try:
+                if args.action == "resume":
+                    tm.resume_task(task_id, resume_reason=args.reason)
+                elif args.action == "cancel":
+                    tm.cancel_task(task_id, reason=args.reason)
+                elif args.action == "pause":
+                    tm.pause_task(task_id)
+                else:
+                    tm.retry_task(task_id)
+            except TideflowError as exc:
+                failed += 1
+                sys.stderr.write(f"task {task_id}: {exc}\n")
+                continue
+            task = tm.get_task(task_id)
+            status = task.status if task is not None else "deleted"
+            out.write(f"task {task_id}: {args.action} done, status is now {status}\n")
+    finally:
+        tm.close()
+    return 1 if failed else 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``tideflow tasks delete``: by ids and/or filters (all given filters must match)."""
+    out = sys.stdout
+    if not args.ids and args.status is None and args.name is None and args.tag is None:
+        raise CliError("tasks delete needs task ids or at least one of --status, --name, --tag")
+    tm = _client(args)
+    try:
+        count = tm.delete_tasks(
+            ids=args.ids or None, status=args.status, name=args.name, tag=args.tag
+        )
+    finally:
+        tm.close()
+    out.write(f"deleted {count} task(s)\n")
+    return 0
+
+
+# --- stats -------------------------------------------------------------------------------------
+def _all_tasks(tm: TaskManager) -> list[TaskInfo]:
+    tasks: list[TaskInfo] = []
+    offset = 0
+    while True:
+        page = tm.query_tasks(limit=_SCAN_PAGE, offset=offset)
+        tasks.extend(page.items)
+        if not page.has_more:
+            return tasks
+        offset += len(page.items)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """``tideflow stats``: counts per name and status, workers, and work nobody can serve."""
+    out = sys.stdout
+    tm = _client(args)
+    try:
+        tasks = _all_tasks(tm)
+        workers = tm.get_workers()
+    finally:
+        tm.close()
+    counts: Counter[tuple[str, str]] = Counter((t.name, t.status) for t in tasks)
+    names = sorted({name for name, _ in counts})
+    active = [w for w in workers if w.status == "active"]
+    unserved: Counter[str] = Counter()
+    for t in tasks:
+        if t.status in TERMINAL_STATUSES or t.status in ("running", "paused", "suspended"):
+            continue
+        if not any(t.name in w.handlers and set(t.requires) <= set(w.capabilities) for w in active):
+            missing = f" requiring {', '.join(t.requires)}" if t.requires else ""
+            unserved[f"{t.name}{missing}"] += 1
+
+    if args.json:
+        data = {
+            "counts": [
+                {"name": n, "status": s, "count": c} for (n, s), c in sorted(counts.items())
+            ],
+            "workers": [w.to_dict() for w in workers],
+            "unserved": dict(unserved),
+        }
+        out.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        return 0
+
+    if not tasks:
+        out.write("no tasks\n")
+    else:
+        statuses = [s for s in STATUSES if any(counts[(n, s)] for n in names)]
+        rows: list[list[Any]] = [
+            [n, *[counts[(n, s)] for s in statuses], sum(counts[(n, s)] for s in statuses)]
+            for n in names
+        ]
+        rows.append(["TOTAL", *[sum(counts[(n, s)] for n in names) for s in statuses], len(tasks)])
+        print_table(out, ["NAME", *[s.upper() for s in statuses], "TOTAL"], rows)
+    by_status = Counter(w.status for w in workers)
+    summary = ", ".join(f"{c} {s}" for s, c in sorted(by_status.items())) or "none registered"
+    out.write(f"\nworkers: {summary}\n")
+    for w in active:
+        caps = f" capabilities={','.join(w.capabilities)}" if w.capabilities else ""
+        caps += f" pod={w.pod_id}" if w.pod_id else ""
+        out.write(
+            f"  {w.worker_id} pid={w.pid} concurrency={w.concurrency}{caps}"
+            f" handlers={','.join(w.handlers) or '-'} last seen {when(w.last_seen_at)}\n"
+        )
+    if unserved:
+        out.write("\nwaiting with no active worker that can run them:\n")
+        for what, count in sorted(unserved.items()):
+            out.write(f"  {count} x {what}\n")
+    return 0

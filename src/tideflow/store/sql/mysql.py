@@ -1,0 +1,492 @@
+"""MySQL 8 / MariaDB 10.6+ dialect: PyMySQL, a thin connection pool, ``SKIP LOCKED`` claims.
+
+Driver: PyMySQL. It is pure Python (no libmysqlclient headers or compiler needed, unlike
+``mysqlclient``), maintained by the PyMySQL organisation, ships universal wheels, speaks to both
+MySQL and MariaDB, and is synchronous like the rest of the store (``asyncmy``/``aiomysql`` are
+async-only, and ``aiomysql`` is itself built on PyMySQL).
+
+Sessions run with ``autocommit`` off, ``READ COMMITTED``, utf8mb4 and a strict ``sql_mode``
+(``sql_mode``/``init_command`` connect arguments). A pooled connection is pinged on checkout and
+replaced by a new one when it was dropped (PyMySQL 1.2 deprecates ``ping(reconnect=True)``).
+``CLIENT.FOUND_ROWS`` makes ``rowcount`` count matched rows (as SQLite and PostgreSQL do), so a
+compare-and-set that writes unchanged values still reports that it held.
+
+MySQL has no partial indexes. Two STORED generated columns stand in for them: ``claimable`` (1
+for a claimable status, NULL otherwise) leads the claim index, so claims scan only claimable
+rows however many tasks have finished; ``open_unique_key`` (``unique_key`` while the task is not
+terminal, NULL after) carries the unique index. Neither appears in the column list the shared
+``INSERT`` names. The claim index is ``(claimable, priority DESC, next_run_time, id)``: MySQL 8
+and MariaDB 10.8+ walk it in claim order; older MariaDB ignores ``DESC`` and sorts only the
+claimable rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pymysql
+from pymysql.constants import CLIENT
+
+from tideflow.core.types import ClaimRequest, NewTask
+from tideflow.errors import StoreError
+from tideflow.models import TERMINAL_STATUSES
+from tideflow.store.factory import redact
+from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
+
+__all__ = ["MysqlStore"]
+
+SCHEMA_VERSION = 1
+
+_CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+
+#: ``{options}`` is replaced by the table options (engine, charset, collation) at setup
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        f"""CREATE TABLE IF NOT EXISTS tideflow_tasks (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            type VARCHAR(32) NOT NULL,
+            status VARCHAR(32) NOT NULL,
+            priority INT NOT NULL DEFAULT 0,
+            payload LONGTEXT,
+            result LONGTEXT,
+            error LONGTEXT,
+            tag VARCHAR(255),
+            stage INT NOT NULL DEFAULT 0,
+            context LONGBLOB,
+            created_at DOUBLE NOT NULL,
+            next_run_time DOUBLE,
+            start_time DOUBLE,
+            last_active_time DOUBLE,
+            last_event_type VARCHAR(64),
+            last_event_time DOUBLE,
+            heartbeat_at DOUBLE,
+            timeout DOUBLE NOT NULL,
+            max_retries INT NOT NULL,
+            retry_count INT NOT NULL DEFAULT 0,
+            retry_interval DOUBLE NOT NULL,
+            retry_backoff VARCHAR(32) NOT NULL,
+            max_retry_interval DOUBLE NOT NULL,
+            retry_jitter TINYINT NOT NULL,
+            cron_expr TEXT,
+            tz VARCHAR(255),
+            parent_id BIGINT,
+            root_id BIGINT,
+            parent_stage INT,
+            total_children INT NOT NULL DEFAULT 0,
+            completed_children INT NOT NULL DEFAULT 0,
+            worker_id VARCHAR(255),
+            attempt INT NOT NULL DEFAULT 0,
+            requires TEXT,
+            unique_key VARCHAR(255),
+            suspend_reason VARCHAR(255),
+            current_stage_name TEXT,
+            progress_text LONGTEXT,
+            progress_percent DOUBLE,
+            claimable TINYINT AS (IF(status IN ({_CLAIMABLE_SQL}), 1, NULL)) STORED,
+            open_unique_key VARCHAR(255)
+                AS (IF(status IN ({_TERMINAL_SQL}), NULL, unique_key)) STORED,
+            KEY tideflow_tasks_claim (claimable, priority DESC, next_run_time, id),
+            KEY tideflow_tasks_running (status, worker_id),
+            KEY tideflow_tasks_parent (parent_id, parent_stage),
+            KEY tideflow_tasks_root (root_id),
+            KEY tideflow_tasks_status_name (status, name),
+            KEY tideflow_tasks_tag (tag),
+            KEY tideflow_tasks_unique_key (unique_key),
+            UNIQUE KEY tideflow_tasks_open_unique_key (open_unique_key)
+        ) {{options}}""",
+        """CREATE TABLE IF NOT EXISTS tideflow_events (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            task_id BIGINT NOT NULL,
+            root_id BIGINT NOT NULL,
+            parent_id BIGINT,
+            event_type VARCHAR(64) NOT NULL,
+            from_status VARCHAR(32),
+            to_status VARCHAR(32),
+            stage INT NOT NULL,
+            worker_id VARCHAR(255),
+            attempt INT,
+            event_time DOUBLE NOT NULL,
+            message LONGTEXT,
+            metadata LONGTEXT,
+            KEY tideflow_events_task (task_id),
+            KEY tideflow_events_root (root_id)
+        ) {options}""",
+        """CREATE TABLE IF NOT EXISTS tideflow_attempts (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            task_id BIGINT NOT NULL,
+            root_id BIGINT NOT NULL,
+            attempt INT NOT NULL,
+            worker_id VARCHAR(255) NOT NULL,
+            stage INT NOT NULL,
+            started_at DOUBLE NOT NULL,
+            ended_at DOUBLE,
+            outcome VARCHAR(32),
+            error LONGTEXT,
+            timeout_flag TINYINT NOT NULL DEFAULT 0,
+            duration_seconds DOUBLE,
+            UNIQUE KEY tideflow_attempts_task (task_id, attempt),
+            KEY tideflow_attempts_root (root_id)
+        ) {options}""",
+        """CREATE TABLE IF NOT EXISTS tideflow_workers (
+            worker_id VARCHAR(255) NOT NULL PRIMARY KEY,
+            pod_id VARCHAR(255),
+            host VARCHAR(255) NOT NULL,
+            pid BIGINT NOT NULL,
+            status VARCHAR(32) NOT NULL,
+            capabilities LONGTEXT NOT NULL,
+            handlers LONGTEXT NOT NULL,
+            concurrency INT NOT NULL,
+            registered_at DOUBLE NOT NULL,
+            last_seen_at DOUBLE NOT NULL,
+            expires_at DOUBLE NOT NULL
+        ) {options}""",
+    ),
+}
+
+#: binary, NO PAD collations (so 'a' <> 'a ' and 'A' <> 'a', as on SQLite/PostgreSQL), best first
+_COLLATIONS = ("utf8mb4_0900_bin", "utf8mb4_nopad_bin", "utf8mb4_bin")
+_SQL_MODE = (
+    "STRICT_ALL_TABLES,ONLY_FULL_GROUP_BY,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
+    "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+)
+#: deadlock / lock wait timeout: InnoDB rolled the transaction back, so running it again is safe
+_TRANSIENT = frozenset({1205, 1213})
+_TRIES = 5
+_URL_OPTIONS = ("pool_size", "connect_timeout", "unix_socket", "ping_after")
+
+
+@functools.lru_cache(maxsize=4096)
+def _paramstyle(sql: str) -> str:
+    """``?`` placeholders to PyMySQL's ``%s`` (literal ``%`` doubled: PyMySQL %-formats)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _TransientError(StoreError):
+    """A deadlock or lock wait timeout; the operation is retried."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retrying(
+    method: Callable[Concatenate[SqlStore, P], R],
+) -> Callable[Concatenate[SqlStore, P], R]:
+    """Run a one-transaction store operation again when InnoDB aborted it for a deadlock."""
+
+    @functools.wraps(method)
+    def run(self: SqlStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(_TRIES):
+            try:
+                return method(self, *args, **kwargs)
+            except _TransientError:
+                if attempt == _TRIES - 1:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return run
+
+
+class _Pool:
+    """Idle PyMySQL connections in a LIFO queue; a dropped one is replaced on checkout."""
+
+    def __init__(self, connect: Callable[[], Any], size: int, ping_after: float) -> None:
+        self._connect = connect
+        self._size = size
+        self._ping_after = ping_after
+        self._idle: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()
+        self.closed = False
+
+    def get(self) -> Any:
+        if self.closed:
+            raise StoreError("this store is closed; create a new TaskManager")
+        try:
+            conn, since = self._idle.get_nowait()
+        except queue.Empty:
+            return self._connect()
+        if time.monotonic() - since >= self._ping_after:
+            try:
+                conn.ping(reconnect=False)
+            except pymysql.MySQLError:
+                # dropped (server restart, wait_timeout): a new connection gets the settings
+                with contextlib.suppress(Exception):
+                    conn.close()
+                return self._connect()
+        return conn
+
+    def put(self, conn: Any, *, broken: bool = False) -> None:
+        if broken or self.closed or self._idle.qsize() >= self._size:
+            with contextlib.suppress(Exception):
+                conn.close()
+            return
+        self._idle.put((conn, time.monotonic()))
+
+    def close(self) -> None:
+        self.closed = True
+        while True:
+            try:
+                conn, _ = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _parse_url(url: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """PyMySQL connect arguments and tideflow options from ``mysql://user:pass@host:port/db``."""
+    safe = redact(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 3306
+    except ValueError as exc:
+        raise StoreError(f"cannot read MySQL connection string {safe!r}: {exc}") from None
+    database = unquote(parts.path.lstrip("/"))
+    if not database or "/" in database:
+        raise StoreError(
+            f"MySQL connection string {safe!r} names no database:"
+            " use mysql://user:password@host:3306/database"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(_URL_OPTIONS))
+    if unknown:
+        raise StoreError(
+            f"unknown option(s) {', '.join(unknown)} in {safe!r};"
+            f" allowed: {', '.join(_URL_OPTIONS)}"
+        )
+    args: dict[str, Any] = {
+        "host": unquote(parts.hostname or "localhost"),
+        "port": port,
+        "user": unquote(parts.username) if parts.username else "root",
+        "password": unquote(parts.password) if parts.password else "",
+        "database": database,
+    }
+    if "unix_socket" in options:
+        args["unix_socket"] = options["unix_socket"]
+    return args, options
+
+
+def _number(options: dict[str, str], key: str, default: float, safe: str) -> float:
+    try:
+        value = float(options.get(key, default))
+    except ValueError:
+        raise StoreError(f"option {key} in {safe!r} must be a number") from None
+    if value < 0:
+        raise StoreError(f"option {key} in {safe!r} must be >= 0")
+    return value
+
+
+class MysqlStore(SqlStore):
+    """MySQL 8 / MariaDB 10.6+ over PyMySQL."""
+
+    dialect = "mysql"
+    #: ``requires`` is pre-filtered in SQL with a REGEXP; base.claim double-checks in Python
+    capabilities_in_sql = False
+
+    def __init__(self, url: str) -> None:
+        self.safe_url = redact(url)
+        args, options = _parse_url(url)
+        self.database: str = args["database"]
+        timeout = _number(options, "connect_timeout", 10, self.safe_url)
+        self._connect_args = {
+            **args,
+            "charset": "utf8mb4",
+            "autocommit": False,
+            "sql_mode": _SQL_MODE,
+            "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "client_flag": CLIENT.FOUND_ROWS,
+            "connect_timeout": max(1, int(timeout)),
+        }
+        self._pool = _Pool(
+            self._connect,
+            size=int(_number(options, "pool_size", 8, self.safe_url)),
+            ping_after=_number(options, "ping_after", 0, self.safe_url),
+        )
+        self._setup_lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        return pymysql.connect(**self._connect_args)
+
+    def _error(self, exc: Exception, doing: str = "") -> StoreError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        text = exc.args[1] if code is not None and len(exc.args) > 1 else str(exc)
+        kind = _TransientError if code in _TRANSIENT else StoreError
+        where = f" {doing}" if doing else ""
+        return kind(f"MySQL error{where} on {self.safe_url}: ({code}) {text}")
+
+    def _checkout(self) -> Any:
+        try:
+            return self._pool.get()
+        except pymysql.MySQLError as exc:
+            raise self._error(exc, "connecting") from None
+
+    def _release(self, conn: Any, *, rollback: bool) -> None:
+        broken = False
+        if rollback:
+            try:
+                conn.rollback()
+            except Exception:
+                broken = True  # the connection is gone: do not pool it
+        self._pool.put(conn, broken=broken)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Cursor]:
+        conn = self._checkout()
+        ok = False
+        try:
+            cur = conn.cursor()
+            yield cur
+            conn.commit()
+            ok = True
+        except pymysql.MySQLError as exc:
+            raise self._error(exc) from None
+        finally:
+            self._release(conn, rollback=not ok)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        conn = self._checkout()
+        try:
+            yield conn.cursor()
+        except pymysql.MySQLError as exc:
+            raise self._error(exc) from None
+        finally:
+            # end the read's snapshot and metadata locks
+            self._release(conn, rollback=True)
+
+    def _q(self, sql: str) -> str:
+        return _paramstyle(sql)
+
+    # --- operations retried on deadlock (each is one transaction) --------------------------------
+    insert_tasks = _retrying(SqlStore.insert_tasks)  # type: ignore[assignment]
+    claim = _retrying(SqlStore.claim)  # type: ignore[assignment]
+    apply = _retrying(SqlStore.apply)  # type: ignore[assignment]
+    append_event = _retrying(SqlStore.append_event)  # type: ignore[assignment]
+    delete_tasks = _retrying(SqlStore.delete_tasks)  # type: ignore[assignment]
+    heartbeat_tasks = _retrying(SqlStore.heartbeat_tasks)  # type: ignore[assignment]
+    register_worker = _retrying(SqlStore.register_worker)  # type: ignore[assignment]
+    heartbeat_worker = _retrying(SqlStore.heartbeat_worker)  # type: ignore[assignment]
+    update_worker = _retrying(SqlStore.update_worker)  # type: ignore[assignment]
+
+    def _insert_one(self, cur: Cursor, task: NewTask) -> int:
+        try:
+            return super()._insert_one(cur, task)
+        except pymysql.IntegrityError as exc:
+            # another transaction committed an open task with this unique_key between our check
+            # and our INSERT (InnoDB made us wait for it): only that INSERT was undone, so
+            # return the winner like the check would have
+            key = task.values.get("unique_key")
+            if key is None or exc.args[0] != 1062 or "open_unique_key" not in str(exc):
+                raise
+            cur.execute(
+                f"SELECT id FROM {T} WHERE open_unique_key = %s",
+                (key,),
+            )
+            found = cur.fetchone()
+            if found is None:
+                raise
+            return int(found[0])
+
+    def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
+        names = sorted(request.names)
+        params: list[Any] = [request.now, *names]
+        requires = "requires IS NULL OR requires = ''"
+        if request.capabilities:
+            # every comma-separated required capability is one of ours
+            one = "|".join(re.escape(c) for c in sorted(request.capabilities))
+            requires += " OR requires REGEXP %s"
+            params.append(f"^({one})(,({one}))*$")
+        params.append(fetch)
+        cur.execute(
+            f"SELECT {TASK_SELECT} FROM {T} FORCE INDEX (tideflow_tasks_claim)"
+            f" WHERE claimable = 1 AND next_run_time <= %s"
+            f" AND name IN ({', '.join(['%s'] * len(names))}) AND ({requires})"
+            " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED",
+            params,
+        )
+        return list(cur.fetchall())
+
+    # --- schema ------------------------------------------------------------------------------------
+    def _lock_name(self) -> str:
+        return f"tideflow_migrate.{self.database}"[:64]
+
+    def setup(self) -> None:
+        with self._setup_lock:
+            conn = self._checkout()
+            ok = False
+            try:
+                cur = conn.cursor()
+                cur.execute("SELECT GET_LOCK(%s, 30)", (self._lock_name(),))
+                if cur.fetchone()[0] != 1:
+                    raise StoreError(
+                        f"another process has been migrating {self.safe_url} for 30s;"
+                        " try again later"
+                    )
+                try:
+                    self._migrate(cur)
+                    conn.commit()
+                    ok = True
+                finally:
+                    cur.execute("SELECT RELEASE_LOCK(%s)", (self._lock_name(),))
+            except pymysql.MySQLError as exc:
+                raise self._error(exc, "migrating the schema") from None
+            finally:
+                self._release(conn, rollback=not ok)
+
+    def _migrate(self, cur: Any) -> None:
+        # MySQL commits DDL implicitly: GET_LOCK, not a transaction, keeps setups apart, and
+        # every CREATE is IF NOT EXISTS so a migration interrupted halfway can be run again
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS tideflow_schema"
+            " (version INT NOT NULL PRIMARY KEY, applied_at DOUBLE NOT NULL) ENGINE=InnoDB"
+        )
+        cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+        current = int(cur.fetchone()[0])
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database schema is version {current}, newer than this tideflow"
+                f" ({SCHEMA_VERSION}); upgrade tideflow"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        placeholders = ", ".join(["%s"] * len(_COLLATIONS))
+        cur.execute(
+            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS"
+            f" WHERE COLLATION_NAME IN ({placeholders})",
+            _COLLATIONS,
+        )
+        available = {r[0] for r in cur.fetchall()}
+        collation = next((c for c in _COLLATIONS if c in available), "utf8mb4_bin")
+        options = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                cur.execute(statement.replace("{options}", options))
+            cur.execute(
+                "INSERT INTO tideflow_schema (version, applied_at) VALUES (%s, %s)",
+                (version, time.time()),
+            )
+
+    def schema_version(self) -> int:
+        """The version recorded in the database (0 before ``setup``)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.TABLES"
+                " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'tideflow_schema'"
+            )
+            if int(cur.fetchone()[0]) == 0:
+                return 0
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+            return int(cur.fetchone()[0])
+
+    def close(self) -> None:
+        self._pool.close()

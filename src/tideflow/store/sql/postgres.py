@@ -1,0 +1,500 @@
+"""PostgreSQL dialect: psycopg 3 with a connection pool, ``SKIP LOCKED`` claims, LISTEN/NOTIFY.
+
+Every store operation borrows a pooled connection for one transaction (committed on exit, rolled
+back on error); the pool checks a connection before lending it, so connections the server dropped
+are replaced. Workers claim with ``FOR UPDATE SKIP LOCKED`` over a partial index on claimable
+statuses. A transaction that makes a task due now sends ``NOTIFY tideflow_tasks``; subscribers
+hold one dedicated autocommit connection that LISTENs and wakes the claim loop (polling stays as
+the fallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from tideflow.core.types import Change, ClaimRequest, NewTask
+from tideflow.errors import StoreError
+from tideflow.models import TERMINAL_STATUSES
+from tideflow.store.factory import redact
+from tideflow.store.sql.base import (
+    CLAIMABLE,
+    INSERT_COLUMNS,
+    TASK_SELECT,
+    Cursor,
+    E,
+    SqlStore,
+    T,
+)
+
+__all__ = ["CHANNEL", "PostgresStore"]
+
+log = logging.getLogger("tideflow.store")
+
+SCHEMA_VERSION = 1
+#: NOTIFY channel announcing that a task may be due now
+CHANNEL = "tideflow_tasks"
+#: ``pg_advisory_xact_lock`` key serialising concurrent ``setup()`` calls ("tideflow")
+SETUP_LOCK = 0x7469646566_6C6F77 & 0x7FFFFFFFFFFFFFFF
+
+_CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tideflow_tasks (
+            id BIGSERIAL PRIMARY KEY,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            payload TEXT,
+            result TEXT,
+            error TEXT,
+            tag TEXT,
+            stage INTEGER NOT NULL DEFAULT 0,
+            context BYTEA,
+            created_at DOUBLE PRECISION NOT NULL,
+            next_run_time DOUBLE PRECISION,
+            start_time DOUBLE PRECISION,
+            last_active_time DOUBLE PRECISION,
+            last_event_type TEXT,
+            last_event_time DOUBLE PRECISION,
+            heartbeat_at DOUBLE PRECISION,
+            timeout DOUBLE PRECISION NOT NULL,
+            max_retries INTEGER NOT NULL,
+            retry_count INTEGER NOT NULL DEFAULT 0,
+            retry_interval DOUBLE PRECISION NOT NULL,
+            retry_backoff TEXT NOT NULL,
+            max_retry_interval DOUBLE PRECISION NOT NULL,
+            retry_jitter INTEGER NOT NULL,
+            cron_expr TEXT,
+            tz TEXT,
+            parent_id BIGINT,
+            root_id BIGINT,
+            parent_stage INTEGER,
+            total_children INTEGER NOT NULL DEFAULT 0,
+            completed_children INTEGER NOT NULL DEFAULT 0,
+            worker_id TEXT,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            requires TEXT,
+            unique_key TEXT,
+            suspend_reason TEXT,
+            current_stage_name TEXT,
+            progress_text TEXT,
+            progress_percent DOUBLE PRECISION
+        )""",
+        f"""CREATE INDEX tideflow_tasks_claim ON tideflow_tasks (priority DESC, next_run_time, id)
+            WHERE status IN ({_CLAIMABLE_SQL})""",
+        """CREATE INDEX tideflow_tasks_running ON tideflow_tasks (worker_id)
+            WHERE status = 'running'""",
+        """CREATE INDEX tideflow_tasks_parent ON tideflow_tasks (parent_id, parent_stage)
+            WHERE parent_id IS NOT NULL""",
+        "CREATE INDEX tideflow_tasks_root ON tideflow_tasks (root_id)",
+        "CREATE INDEX tideflow_tasks_status_name ON tideflow_tasks (status, name)",
+        "CREATE INDEX tideflow_tasks_tag ON tideflow_tasks (tag) WHERE tag IS NOT NULL",
+        f"""CREATE UNIQUE INDEX tideflow_tasks_unique_key ON tideflow_tasks (unique_key)
+            WHERE unique_key IS NOT NULL AND status NOT IN ({_TERMINAL_SQL})""",
+        """CREATE TABLE tideflow_events (
+            id BIGSERIAL PRIMARY KEY,
+            task_id BIGINT NOT NULL,
+            root_id BIGINT NOT NULL,
+            parent_id BIGINT,
+            event_type TEXT NOT NULL,
+            from_status TEXT,
+            to_status TEXT,
+            stage INTEGER NOT NULL,
+            worker_id TEXT,
+            attempt INTEGER,
+            event_time DOUBLE PRECISION NOT NULL,
+            message TEXT,
+            metadata TEXT
+        )""",
+        "CREATE INDEX tideflow_events_task ON tideflow_events (task_id)",
+        "CREATE INDEX tideflow_events_root ON tideflow_events (root_id)",
+        """CREATE TABLE tideflow_attempts (
+            id BIGSERIAL PRIMARY KEY,
+            task_id BIGINT NOT NULL,
+            root_id BIGINT NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker_id TEXT NOT NULL,
+            stage INTEGER NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION,
+            outcome TEXT,
+            error TEXT,
+            timeout_flag INTEGER NOT NULL DEFAULT 0,
+            duration_seconds DOUBLE PRECISION,
+            UNIQUE (task_id, attempt)
+        )""",
+        "CREATE INDEX tideflow_attempts_root ON tideflow_attempts (root_id)",
+        """CREATE TABLE tideflow_workers (
+            worker_id TEXT PRIMARY KEY,
+            pod_id TEXT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            capabilities TEXT NOT NULL,
+            handlers TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            registered_at DOUBLE PRECISION NOT NULL,
+            last_seen_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+    ),
+}
+
+_INSERT_TASK = (
+    f"INSERT INTO {T} (id, {', '.join(INSERT_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * (len(INSERT_COLUMNS) + 1))})"
+)
+_INSERT_UNIQUE = (
+    _INSERT_TASK + " ON CONFLICT (unique_key)"
+    f" WHERE unique_key IS NOT NULL AND status NOT IN ({_TERMINAL_SQL}) DO NOTHING RETURNING id"
+)
+_INSERT_EVENT = (
+    f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
+    " worker_id, attempt, event_time, message, metadata)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_CLAIM = (
+    f"SELECT {TASK_SELECT} FROM {T}"
+    f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= %s AND name = ANY(%s)"
+    " AND (requires IS NULL OR string_to_array(requires, ',') <@ %s::text[])"
+    " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+
+
+def _conninfo(url: str) -> str:
+    """``url`` as libpq accepts it (``psql://`` and ``postgres://`` become ``postgresql://``)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("psql", "postgres", "postgresql"):
+        return f"postgresql://{rest}"
+    return url
+
+
+def _due_now(values: Any, now: float) -> bool:
+    """Whether a row written with ``values`` can be claimed now."""
+    if values.get("status") not in CLAIMABLE:
+        return False
+    next_run = values.get("next_run_time")
+    return next_run is None or float(next_run) <= now
+
+
+class _PipelinedCursor:
+    """A cursor in pipeline mode: statements are queued, results read only when needed.
+
+    Reading ``rowcount`` (the compare-and-set check) or fetching rows syncs the pipeline, so a
+    change's follow-up writes (events, attempt rows) travel with the next change's ``UPDATE``
+    instead of costing a round trip each.
+    """
+
+    def __init__(self, cur: psycopg.Cursor[Any], pipeline: psycopg.Pipeline) -> None:
+        self._cur = cur
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        self._pipeline.sync()
+        return self._cur.rowcount
+
+    @property
+    def lastrowid(self) -> Any:  # pragma: no cover - PostgreSQL uses RETURNING
+        raise NotImplementedError("use RETURNING id")
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
+        return self._cur.execute(sql, params)  # type: ignore[call-overload]
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any:
+        return self._cur.executemany(sql, params)  # type: ignore[arg-type]
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+
+class _Listener:
+    """A daemon thread that LISTENs on :data:`CHANNEL` and calls ``wake`` per notification."""
+
+    def __init__(self, conninfo: str, safe_url: str, wake: Callable[[], None]) -> None:
+        self._conninfo = conninfo
+        self._safe_url = safe_url
+        self._wake = wake
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name="tideflow-listen", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+            except psycopg.Error as exc:
+                log.warning(
+                    "LISTEN on %s failed, retrying in %.1fs: %s", self._safe_url, delay, exc
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._conn = conn
+            try:
+                conn.execute(f"LISTEN {CHANNEL}")
+                delay = 0.1
+                self._call_wake()  # anything submitted while we were not listening
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=0.5):
+                        self._call_wake()
+                        if self._stop.is_set():
+                            break
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.warning(
+                        "LISTEN connection to %s lost, reconnecting: %s", self._safe_url, exc
+                    )
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+            finally:
+                self._conn = None
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _call_wake(self) -> None:
+        try:
+            self._wake()
+        except Exception:  # pragma: no cover - the waker must not kill the listener
+            log.exception("tideflow wake-up callback failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+class PostgresStore(SqlStore):
+    """PostgreSQL 12+ through psycopg 3."""
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 15.0,
+    ) -> None:
+        self.safe_url = redact(url)
+        self._password = urlsplit(url).password if "://" in url else None
+        self._conninfo = _conninfo(url)
+        try:
+            psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot read PostgreSQL connection string: {self._clean(exc)}"
+            ) from None
+        self._sql_cache: dict[str, str] = {}
+        self._local = threading.local()
+        self._listeners: list[_Listener] = []
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = ConnectionPool(
+            self._conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": 10},
+            name="tideflow",
+            open=True,
+        )
+
+    # --- errors --------------------------------------------------------------------------------
+    def _clean(self, exc: BaseException) -> str:
+        text = str(exc).strip() or type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _error(self, exc: BaseException, doing: str = "") -> StoreError:
+        where = f" {doing}" if doing else ""
+        return StoreError(f"PostgreSQL error{where} ({self.safe_url}): {self._clean(exc)}")
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def _q(self, sql: str) -> str:
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = sql.replace("%", "%%").replace("?", "%s")
+            self._sql_cache[sql] = cached
+        return cached
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("this store is closed; create a new TaskManager")
+        return pool
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Cursor]:
+        pool = self._get_pool()
+        self._local.notify = False
+        try:
+            with pool.connection() as conn:
+                with conn.pipeline() as pipeline, conn.cursor() as cur:
+                    yield _PipelinedCursor(cur, pipeline)
+                    if self._local.notify:
+                        cur.execute(f"NOTIFY {CHANNEL}")
+                # leaving the pipeline sent everything; leaving pool.connection() commits
+                # (or rolls back on error)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            self._local.notify = False
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn, conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+
+    def _insert_id(self, cur: Cursor, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(self._q(sql) + " RETURNING id", params)
+        return int(cur.fetchone()[0])
+
+    def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
+        cur.execute(
+            _CLAIM,
+            (request.now, sorted(request.names), sorted(request.capabilities), fetch),
+        )
+        return cur.fetchall()
+
+    # --- batched inserts and wake-ups ----------------------------------------------------------
+    def _insert_many(self, cur: Cursor, tasks: Sequence[NewTask]) -> list[int]:
+        """Insert in three round trips for the batch: reserve ids, insert rows, insert events."""
+        if not tasks:
+            return []
+        cur.execute(
+            f"SELECT nextval(pg_get_serial_sequence('{T}', 'id')) FROM generate_series(1, %s)",
+            (len(tasks),),
+        )
+        reserved = sorted(int(r[0]) for r in cur.fetchall())
+        now = time.time()
+        ids: list[int] = []
+        rows: list[list[Any]] = []
+        events: list[tuple[Any, ...]] = []
+        for task, task_id in zip(tasks, reserved, strict=True):
+            values = task.values
+            root_id = values.get("root_id")
+            if root_id is None:
+                root_id = task_id
+            params = [task_id]
+            params += [
+                root_id if c == "root_id" else self._encode_value(c, values.get(c))
+                for c in INSERT_COLUMNS
+            ]
+            key = values.get("unique_key")
+            if key is not None:
+                found = self._insert_unique(cur, params, key)
+                if found is not None:
+                    ids.append(found)
+                    continue
+            else:
+                rows.append(params)
+            ids.append(task_id)
+            parent_id = values.get("parent_id")
+            events += [self._event_params(task_id, root_id, parent_id, e) for e in task.events]
+            if _due_now(values, now):
+                self._local.notify = True
+        if rows:
+            cur.executemany(_INSERT_TASK, rows)
+        if events:
+            cur.executemany(_INSERT_EVENT, events)
+        return ids
+
+    def _insert_unique(self, cur: Cursor, params: list[Any], key: str) -> int | None:
+        """Insert a task with a ``unique_key``; return the open task's id if one holds the key."""
+        for _ in range(5):
+            cur.execute(_INSERT_UNIQUE, params)
+            if cur.fetchone() is not None:
+                return None
+            cur.execute(
+                f"SELECT id FROM {T} WHERE unique_key = %s AND status NOT IN ({_TERMINAL_SQL})",
+                (key,),
+            )
+            found = cur.fetchone()
+            if found is not None:
+                return int(found[0])
+        raise StoreError(f"could not insert or find the open task with unique_key {key!r}")
+
+    def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
+        held = super()._apply_one(cur, change, events=events)
+        if held and _due_now(change.values, time.time()):
+            self._local.notify = True
+        return held
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        self._get_pool()
+        listener = _Listener(self._conninfo, self.safe_url, wake)
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            listener.stop()
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    # --- schema --------------------------------------------------------------------------------
+    def setup(self) -> None:
+        with self._write() as cur:
+            # concurrent setup() calls (several processes starting at once) queue here
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS tideflow_schema"
+                " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+            current = int(cur.fetchone()[0])
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database schema is version {current}, newer than this tideflow"
+                    f" ({SCHEMA_VERSION}); upgrade tideflow"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO tideflow_schema (version, applied_at) VALUES (%s, %s)",
+                    (version, time.time()),
+                )
+
+    def schema_version(self) -> int:
+        """The version recorded in the database (0 before ``setup``)."""
+        with self._read() as cur:
+            cur.execute("SELECT to_regclass('tideflow_schema') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+            return int(cur.fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            listeners, self._listeners = self._listeners, []
+            pool, self._pool = self._pool, None
+        for listener in listeners:
+            listener.stop()
+        if pool is not None:
+            pool.close()

@@ -1,0 +1,270 @@
+"""MySQL/MariaDB store: several processes on one database, concurrent setup, dialect details.
+
+The server is ``TIDEFLOW_TEST_MYSQL_URL`` (default ``mysql://root@127.0.0.1:3306/test``); the
+shared conftest hands out a clean private database, and skips these tests when the server is
+unreachable (fails them when ``CI=true``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import MYSQL
+
+from support.wait import wait_for
+from tideflow import TaskManager
+from tideflow.errors import StoreError
+
+pymysql = pytest.importorskip("pymysql")
+
+SCRIPT = Path(__file__).with_name("url_worker_script.py")
+WORKERS = ("mysql-a", "mysql-b")
+N_TASKS = 5000
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    """A clean MySQL database (no ``tideflow_*`` tables)."""
+    return MYSQL.url()
+
+
+@pytest.fixture
+def sql(mysql_url: str) -> Iterator[Any]:
+    """A raw autocommit PyMySQL cursor on the test database, to look behind the store."""
+    parts = urlsplit(mysql_url)
+    conn = pymysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=parts.path.lstrip("/"),
+        autocommit=True,
+    )
+    try:
+        yield conn.cursor()
+    finally:
+        conn.close()
+
+
+def _logs(paths: list[Path]) -> str:
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in paths if p.exists()
+    )
+
+
+@pytest.mark.slow
+def test_two_worker_processes_drain_mysql(mysql_url: str, sql: Any, tmp_path: Path) -> None:
+    client = TaskManager(mysql_url, allow_unregistered=True, poll_interval=0.02)
+    client.setup()
+    procs: list[subprocess.Popen[bytes]] = []
+    log_paths = [tmp_path / f"{w}.log" for w in WORKERS]
+    try:
+        for worker_id, log_path in zip(WORKERS, log_paths, strict=True):
+            with log_path.open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(SCRIPT), mysql_url, "--worker-id", worker_id],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+
+        def both_active() -> bool:
+            for proc in procs:
+                assert proc.poll() is None, f"a worker exited early\n{_logs(log_paths)}"
+            active = {w.worker_id for w in client.get_workers() if w.status == "active"}
+            return active >= set(WORKERS)
+
+        wait_for(both_active, timeout=30, interval=0.05, message=lambda: _logs(log_paths))
+
+        ids = client.submit_many([("noop", {"i": i}) for i in range(N_TASKS)])
+        assert len(set(ids)) == N_TASKS
+
+        def completed() -> int:
+            return client.query_tasks(status="completed", limit=0).total
+
+        wait_for(
+            lambda: completed() == N_TASKS,
+            timeout=120,
+            interval=0.2,
+            message=lambda: f"only {completed()}/{N_TASKS} completed\n{_logs(log_paths)}",
+        )
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0, f"exit {proc.returncode}\n{_logs(log_paths)}"
+
+        # every task attempted exactly once, claimed exactly once, and completed
+        sql.execute(
+            "SELECT task_id, COUNT(*), SUM(outcome = 'completed') FROM tideflow_attempts"
+            " GROUP BY task_id"
+        )
+        attempts = {int(r[0]): (int(r[1]), int(r[2])) for r in sql.fetchall()}
+        assert set(attempts) == set(ids)
+        bad = {t: a for t, a in attempts.items() if a != (1, 1)}
+        assert not bad, f"{len(bad)} tasks not attempted exactly once, e.g. {list(bad.items())[:5]}"
+        sql.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT task_id) FROM tideflow_events"
+            " WHERE event_type = 'task_claimed'"
+        )
+        assert tuple(int(v) for v in sql.fetchone()) == (N_TASKS, N_TASKS)
+
+        sql.execute("SELECT worker_id, COUNT(*) FROM tideflow_attempts GROUP BY worker_id")
+        per_worker = Counter({r[0]: int(r[1]) for r in sql.fetchall()})
+        assert set(per_worker) == set(WORKERS), per_worker
+        assert sum(per_worker.values()) == N_TASKS
+
+        statuses = {w.worker_id: w.status for w in client.get_workers()}
+        assert {statuses[w] for w in WORKERS} == {"stopped"}, statuses
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        client.close()
+
+
+SETUP_SCRIPT = """
+import sys, time
+from tideflow import TaskManager
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+tm = TaskManager(url)
+tm.setup()
+tm.close()
+print("ok", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_setup_from_four_processes(mysql_url: str, sql: Any) -> None:
+    sql.execute("SHOW TABLES LIKE 'tideflow%'")
+    assert sql.fetchall() == ()
+    start = time.time() + 2.0  # all four start their setup together, after the imports
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SETUP_SCRIPT, mysql_url, repr(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=60)[0].decode(errors="replace") for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+
+    sql.execute("SELECT version FROM tideflow_schema")
+    assert [int(r[0]) for r in sql.fetchall()] == [1]
+    sql.execute("SHOW TABLES LIKE 'tideflow%'")
+    assert sorted(r[0] for r in sql.fetchall()) == [
+        "tideflow_attempts",
+        "tideflow_events",
+        "tideflow_schema",
+        "tideflow_tasks",
+        "tideflow_workers",
+    ]
+    from tideflow.store.sql.mysql import MysqlStore
+
+    store = MysqlStore(mysql_url)
+    try:
+        assert store.schema_version() == 1
+        store.setup()  # idempotent
+        assert store.schema_version() == 1
+    finally:
+        store.close()
+
+
+def test_capable_work_is_not_starved_by_a_backlog_it_cannot_serve(mysql_url: str) -> None:
+    """Tasks this worker lacks capabilities for are filtered in SQL, not after the LIMIT."""
+    with TaskManager(mysql_url, poll_interval=0.02, max_concurrent_tasks=2) as tm:
+        done = threading.Event()
+        tm.use("job", lambda task: done.set() if task.payload == "plain" else None)
+        tm.configure_worker(capabilities=["cpu"])
+        for _ in range(50):
+            tm.submit("job", "gpu", requires=["gpu"], priority=10)
+        cpu = tm.submit("job", "cpu", requires=["cpu"], priority=5)
+        plain = tm.submit("job", "plain")
+        tm.start()
+        wait_for(lambda: tm.get_task(plain).status == "completed", timeout=15)
+        assert tm.get_task(cpu).status == "completed"
+        assert tm.query_tasks(status="pending", limit=0).total == 50
+
+
+def test_unique_key_is_deduplicated_across_racing_stores(mysql_url: str) -> None:
+    """Two stores inserting the same unique_key at once end with one task (no IntegrityError)."""
+    managers = [
+        TaskManager(mysql_url, allow_unregistered=True, poll_interval=0.02) for _ in range(4)
+    ]
+    try:
+        managers[0].setup()
+        for round_no in range(15):
+            barrier = threading.Barrier(len(managers))
+            found: list[int] = []
+            errors: list[BaseException] = []
+
+            def submit(tm: TaskManager, key: str = f"k{round_no}") -> None:
+                barrier.wait()
+                try:
+                    found.append(tm.submit("job", None, unique_key=key))
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=submit, args=(tm,)) for tm in managers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+            assert not errors, errors
+            assert len(set(found)) == 1, found
+        assert managers[0].query_tasks(limit=0).total == 15
+    finally:
+        for tm in managers:
+            tm.close()
+
+
+def test_values_round_trip_exactly(mysql_url: str) -> None:
+    with TaskManager(mysql_url, allow_unregistered=True) as tm:
+        task_id = tm.submit("job", {"text": "naïve ☃ 100% ?", "n": 1.5}, tag="Tag ")
+        info = tm.get_task(task_id)
+        assert info.payload == {"text": "naïve ☃ 100% ?", "n": 1.5}
+        assert info.tag == "Tag "
+        # binary, no-pad collation: case and trailing spaces matter, as on SQLite/PostgreSQL
+        assert tm.query_tasks(tag="Tag ", limit=0).total == 1
+        assert tm.query_tasks(tag="tag ", limit=0).total == 0
+        assert tm.query_tasks(tag="Tag", limit=0).total == 0
+
+
+def test_errors_never_show_the_password() -> None:
+    from tideflow.store.sql.mysql import MysqlStore
+
+    store = MysqlStore("mysql://root:s3cr3t-pw@127.0.0.1:1/test?connect_timeout=1")
+    assert store.safe_url == "mysql://root:***@127.0.0.1:1/test?connect_timeout=1"
+    with pytest.raises(StoreError) as info:
+        store.get_task(1)
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+    with pytest.raises(StoreError, match="no database"):
+        MysqlStore("mariadb://root:s3cr3t-pw@localhost")
+    with pytest.raises(StoreError, match="unknown option") as info:
+        MysqlStore("mysql://root:s3cr3t-pw@localhost/db?bogus=1")
+    assert "s3cr3t-pw" not in str(info.value)
+
+
+def test_claims_use_the_claim_index(mysql_url: str, sql: Any) -> None:
+    with TaskManager(mysql_url, allow_unregistered=True) as tm:
+        tm.setup()
+    sql.execute(
+        "EXPLAIN SELECT id FROM tideflow_tasks FORCE INDEX (tideflow_tasks_claim)"
+        " WHERE claimable = 1 AND next_run_time <= 1e12 AND name IN ('a', 'b')"
+        " ORDER BY priority DESC, next_run_time, id LIMIT 10 FOR UPDATE SKIP LOCKED"
+    )
+    columns = [d[0].lower() for d in sql.description]
+    (plan,) = sql.fetchall()
+    row = dict(zip(columns, plan, strict=True))
+    assert row["key"] == "tideflow_tasks_claim", row

@@ -1,0 +1,252 @@
+"""PostgreSQL under real concurrency: worker processes, NOTIFY wake-ups, lost connections, setup.
+
+Each test gets a clean database from the ``postgres_url`` fixture (skipped when no server
+answers, failed under ``CI=true``; see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.wait import wait_for
+from tideflow import TaskManager
+
+psycopg = pytest.importorskip("psycopg")
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).with_name("pg_worker_script.py")
+
+
+def _connect(url: str) -> Any:
+    return psycopg.connect(url, autocommit=True)
+
+
+def _sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with _connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _application_name(url: str) -> str | None:
+    return psycopg.conninfo.conninfo_to_dict(url).get("application_name")
+
+
+def _terminate_backends(url: str) -> int:
+    """Kill every other backend of this database (of this test session when it is named)."""
+    sql = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    params: tuple[Any, ...] = ()
+    name = _application_name(url)
+    if name:  # leave other test runs sharing the server alone
+        sql += " AND application_name = %s"
+        params = (name,)
+    return len(_sql(url, sql, params))
+
+
+@pytest.fixture
+def client(postgres_url: str) -> Iterator[TaskManager]:
+    tm = TaskManager(postgres_url, allow_unregistered=True, poll_interval=0.05)
+    tm.setup()
+    yield tm
+    tm.close()
+
+
+def test_two_worker_processes_drain_5000_tasks(
+    postgres_url: str, client: TaskManager, tmp_path: Path
+) -> None:
+    workers = ("pg-a", "pg-b")
+    n_tasks = 5000
+    log_paths = [tmp_path / f"{w}.log" for w in workers]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def logs() -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in log_paths
+            if p.exists()
+        )
+
+    try:
+        for worker_id, log_path in zip(workers, log_paths, strict=True):
+            with log_path.open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(SCRIPT), postgres_url, "--worker-id", worker_id],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+
+        def both_active() -> bool:
+            for proc in procs:
+                assert proc.poll() is None, f"a worker exited early\n{logs()}"
+            active = {w.worker_id for w in client.get_workers() if w.status == "active"}
+            return active >= set(workers)
+
+        wait_for(both_active, timeout=30, interval=0.05, message=lambda: f"not both up\n{logs()}")
+
+        ids = client.submit_many([("noop", {"i": i}) for i in range(n_tasks)])
+        assert len(set(ids)) == n_tasks
+
+        def completed() -> int:
+            return client.query_tasks(status="completed", limit=1).total
+
+        wait_for(
+            lambda: completed() == n_tasks,
+            timeout=120,
+            interval=0.2,
+            message=lambda: f"only {completed()}/{n_tasks} completed\n{logs()}",
+        )
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0, f"worker exit code {proc.returncode}\n{logs()}"
+
+        # every task attempted exactly once, completed, by one of the two workers
+        rows = _sql(
+            postgres_url,
+            "SELECT task_id, COUNT(*), MIN(outcome), MAX(outcome), MIN(worker_id)"
+            " FROM tideflow_attempts GROUP BY task_id",
+        )
+        assert len(rows) == n_tasks
+        assert {r[0] for r in rows} == set(ids)
+        assert all(r[1] == 1 for r in rows), [r for r in rows if r[1] != 1][:10]
+        assert {(r[2], r[3]) for r in rows} == {("completed", "completed")}
+        per_worker: dict[str, int] = {}
+        for r in rows:
+            per_worker[r[4]] = per_worker.get(r[4], 0) + 1
+        assert set(per_worker) == set(workers), per_worker
+        claimed = _sql(
+            postgres_url, "SELECT COUNT(*) FROM tideflow_events WHERE event_type = 'task_claimed'"
+        )
+        assert claimed == [(n_tasks,)]
+        statuses = {w.worker_id: w.status for w in client.get_workers()}
+        assert {statuses[w] for w in workers} == {"stopped"}, statuses
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_notify_wakes_an_idle_worker_at_once(postgres_url: str, client: TaskManager) -> None:
+    # the worker polls only every 5 s: a start within 1 s of the submit is the NOTIFY wake-up
+    worker = TaskManager(postgres_url, poll_interval=5, worker_id="listener")
+    try:
+        worker.use("job", lambda task: task.payload)
+        worker.start()
+        name = _application_name(postgres_url)
+        wait_for(
+            lambda: (
+                _sql(
+                    postgres_url,
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE query = 'LISTEN tideflow_tasks'"
+                    + (" AND application_name = %s" if name else ""),
+                    (name,) if name else (),
+                )[0][0]
+                >= 1
+            ),
+            timeout=10,
+            message="the worker never LISTENed",
+        )
+        time.sleep(0.3)  # past the worker's first claim: it now sleeps its 5 s poll interval
+        for i in range(3):
+            task_id = client.submit("job", i)  # another manager: no in-process wake-up
+            info = wait_for(
+                lambda task_id=task_id: (t := client.get_task(task_id)).status == "completed" and t,
+                timeout=4,
+                message="the idle worker did not wake up for a new task",
+            )
+            latency = (info.start_time - info.created_at).total_seconds()
+            assert latency < 1.0, f"task {i} started {latency:.3f}s after it was submitted"
+    finally:
+        worker.stop(timeout=5)
+        worker.close()
+
+
+def test_worker_survives_lost_connections(postgres_url: str, client: TaskManager) -> None:
+    n_tasks = 300
+    worker = TaskManager(
+        postgres_url, poll_interval=0.05, worker_id="survivor", max_concurrent_tasks=8
+    )
+    stop_killing = threading.Event()
+    kills: list[int] = []
+
+    def killer() -> None:
+        while not stop_killing.wait(0.25):
+            kills.append(_terminate_backends(postgres_url))
+
+    thread = threading.Thread(target=killer, daemon=True)
+    try:
+        worker.use("job", lambda task: time.sleep(0.01) or task.payload)
+        ids = client.submit_many([("job", i) for i in range(n_tasks)])
+        worker.start()
+        wait_for(
+            lambda: client.query_tasks(status="completed", limit=1).total > 20,
+            timeout=30,
+            message="the worker never got going",
+        )
+        thread.start()
+        time.sleep(1.5)  # several rounds of killed connections while the batch runs
+        stop_killing.set()
+        thread.join(timeout=10)
+        assert sum(kills) > 0, "no backend was terminated"
+
+        def finished() -> int:
+            return client.query_tasks(status="completed", limit=1).total
+
+        wait_for(
+            lambda: finished() == n_tasks,
+            timeout=60,
+            interval=0.1,
+            message=lambda: f"only {finished()}/{n_tasks} completed after losing connections",
+        )
+        assert client.query_tasks(status="running", limit=1).total == 0
+        for task_id in ids[:: n_tasks // 30]:
+            assert client.get_task(task_id).result == ids.index(task_id)
+        # the worker is still serving (and its LISTEN connection came back)
+        late = client.submit("job", 7)
+        info = wait_for(
+            lambda: (t := client.get_task(late)).status == "completed" and t,
+            timeout=10,
+            message="the worker stopped serving after the connection loss",
+        )
+        assert info.result == 7
+    finally:
+        stop_killing.set()
+        worker.stop(timeout=5)
+        worker.close()
+
+
+def test_concurrent_setup_from_four_processes(postgres_url: str, tmp_path: Path) -> None:
+    assert _sql(postgres_url, "SELECT to_regclass('tideflow_schema') IS NULL") == [(True,)]
+    start_at = time.time() + 2.5  # all four call setup() at the same moment
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), postgres_url, "--setup-at", str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        outputs.append((proc.returncode, out.decode(errors="replace")))
+    assert all(code == 0 for code, _ in outputs), outputs
+    assert _sql(postgres_url, "SELECT version FROM tideflow_schema") == [(1,)]
+    tm = TaskManager(postgres_url, allow_unregistered=True)
+    try:
+        assert tm._store.schema_version() == 1  # type: ignore[attr-defined]
+        task_id = tm.submit("anything")
+        assert tm.get_task(task_id).status == "pending"
+    finally:
+        tm.close()
