@@ -94,6 +94,7 @@ def test_parent_with_two_children(make_manager: Any) -> None:
 
     (created,) = events(tm, parent_id, "task_subtasks_created")
     assert meta(created)["child_count"] == 2
+    assert meta(created)["child_task_ids"] == [k.id for k in kids]
     assert created.stage == 0
     (suspended,) = events(tm, parent_id, "task_suspended")
     assert meta(suspended)["suspend_reason"] == "awaiting_subtasks"

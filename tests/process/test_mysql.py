@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import MYSQL
 
+from conftest import MYSQL
 from support.wait import wait_for
 from tideflow import TaskManager
 from tideflow.errors import StoreError
@@ -196,6 +196,28 @@ def test_capable_work_is_not_starved_by_a_backlog_it_cannot_serve(mysql_url: str
         assert tm.query_tasks(status="pending", limit=0).total == 50
 
 
+def _race_submit(managers: list[TaskManager], key: str) -> list[int]:
+    """Every manager submits ``key`` at the same moment, each from its own thread."""
+    barrier = threading.Barrier(len(managers))
+    found: list[int] = []
+    errors: list[BaseException] = []
+
+    def submit(tm: TaskManager) -> None:
+        barrier.wait()
+        try:
+            found.append(tm.submit("job", None, unique_key=key))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(tm,)) for tm in managers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    return found
+
+
 def test_unique_key_is_deduplicated_across_racing_stores(mysql_url: str) -> None:
     """Two stores inserting the same unique_key at once end with one task (no IntegrityError)."""
     managers = [
@@ -204,23 +226,7 @@ def test_unique_key_is_deduplicated_across_racing_stores(mysql_url: str) -> None
     try:
         managers[0].setup()
         for round_no in range(15):
-            barrier = threading.Barrier(len(managers))
-            found: list[int] = []
-            errors: list[BaseException] = []
-
-            def submit(tm: TaskManager, key: str = f"k{round_no}") -> None:
-                barrier.wait()
-                try:
-                    found.append(tm.submit("job", None, unique_key=key))
-                except BaseException as exc:
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=submit, args=(tm,)) for tm in managers]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=30)
-            assert not errors, errors
+            found = _race_submit(managers, f"k{round_no}")
             assert len(set(found)) == 1, found
         assert managers[0].query_tasks(limit=0).total == 15
     finally:

@@ -339,7 +339,12 @@ def spawn(row: TaskRow, children: Sequence[NewTask], context: bytes | None, now:
         from_statuses=t.sources,
         fence=_fence(row),
         values=values,
-        events=_events(t, row, now, worker_id=row.worker_id, attempt=row.attempt, metadata=meta),
+        events=tuple(
+            dataclasses.replace(e, lists_children=True) if e.event_type == t.events[0] else e
+            for e in _events(
+                t, row, now, worker_id=row.worker_id, attempt=row.attempt, metadata=meta
+            )
+        ),
         attempt_close=_close(t, row, now),
         children=tuple(children),
     )

@@ -100,6 +100,8 @@ class NewEvent:
     event_time: float
     message: str | None = None
     metadata: Mapping[str, Any] | None = None
+    #: the store adds ``child_task_ids`` (known only after the insert) to the metadata
+    lists_children: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

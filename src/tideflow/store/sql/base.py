@@ -8,6 +8,7 @@ serve. A dialect provides connections and transactions (:meth:`SqlStore._write`,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -270,10 +271,17 @@ class SqlStore:
                 change.fence,
             )
             return False
-        if events:
-            self._insert_events(
-                cur, change.task_id, change.root_id, change.parent_id, change.events
+        new_events = change.events
+        if change.children:
+            child_ids = self._insert_many(cur, change.children)
+            new_events = tuple(
+                dataclasses.replace(e, metadata={**(e.metadata or {}), "child_task_ids": child_ids})
+                if e.lists_children
+                else e
+                for e in new_events
             )
+        if events:
+            self._insert_events(cur, change.task_id, change.root_id, change.parent_id, new_events)
         if change.attempt_open is not None:
             o = change.attempt_open
             cur.execute(
@@ -301,8 +309,6 @@ class SqlStore:
                     c.attempt,
                 ),
             )
-        if change.children:
-            self._insert_many(cur, change.children)
         if change.fan_in is not None:
             self._fan_in(cur, change)
         return True

@@ -367,16 +367,16 @@ class MysqlStore(SqlStore):
     def _q(self, sql: str) -> str:
         return _paramstyle(sql)
 
-    # --- operations retried on deadlock (each is one transaction) --------------------------------
-    insert_tasks = _retrying(SqlStore.insert_tasks)  # type: ignore[assignment]
-    claim = _retrying(SqlStore.claim)  # type: ignore[assignment]
-    apply = _retrying(SqlStore.apply)  # type: ignore[assignment]
-    append_event = _retrying(SqlStore.append_event)  # type: ignore[assignment]
-    delete_tasks = _retrying(SqlStore.delete_tasks)  # type: ignore[assignment]
-    heartbeat_tasks = _retrying(SqlStore.heartbeat_tasks)  # type: ignore[assignment]
-    register_worker = _retrying(SqlStore.register_worker)  # type: ignore[assignment]
-    heartbeat_worker = _retrying(SqlStore.heartbeat_worker)  # type: ignore[assignment]
-    update_worker = _retrying(SqlStore.update_worker)  # type: ignore[assignment]
+    # --- operations retried on deadlock (each is one transaction) ------------------------------
+    insert_tasks = _retrying(SqlStore.insert_tasks)
+    claim = _retrying(SqlStore.claim)
+    apply = _retrying(SqlStore.apply)
+    append_event = _retrying(SqlStore.append_event)
+    delete_tasks = _retrying(SqlStore.delete_tasks)
+    heartbeat_tasks = _retrying(SqlStore.heartbeat_tasks)
+    register_worker = _retrying(SqlStore.register_worker)
+    heartbeat_worker = _retrying(SqlStore.heartbeat_worker)
+    update_worker = _retrying(SqlStore.update_worker)
 
     def _insert_one(self, cur: Cursor, task: NewTask) -> int:
         try:
@@ -416,7 +416,7 @@ class MysqlStore(SqlStore):
         )
         return list(cur.fetchall())
 
-    # --- schema ------------------------------------------------------------------------------------
+    # --- schema ----------------------------------------------------------------------------------
     def _lock_name(self) -> str:
         return f"tideflow_migrate.{self.database}"[:64]
 

@@ -211,10 +211,10 @@ class _PipelinedCursor:
         raise NotImplementedError("use RETURNING id")
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
-        return self._cur.execute(sql, params)  # type: ignore[call-overload]
+        return self._cur.execute(sql, params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any:
-        return self._cur.executemany(sql, params)  # type: ignore[arg-type]
+        return self._cur.executemany(sql, params)
 
     def fetchone(self) -> Any:
         return self._cur.fetchone()
