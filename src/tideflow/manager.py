@@ -124,6 +124,11 @@ class TaskManager:
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
+    def db_url(self) -> str:
+        """The connection string, with any password replaced by ``***``."""
+        return self._store.safe_url
+
+    @property
     def worker_id(self) -> str:
         """This manager's worker identity."""
         return self._settings.worker_id

@@ -52,7 +52,8 @@ def test_demo_runs_every_task_to_the_end(
     for _ in range(2):  # fresh by default: a second run starts from an empty database
         code, out, err = run(capsys, "demo", "--db", url, "--tasks", "30")
         assert code == 0, err
-    assert "Done: 30 tasks in" in out
+    assert "Done: 34 tasks in" in out  # 30 submitted + 4 workflow children
+    assert "approved order task" in out
     assert "permanently_failed" in out
     assert "ValueError: customers.csv, row 42" in out
     assert f"tasks list --db {url}" in out
@@ -61,10 +62,20 @@ def test_demo_runs_every_task_to_the_end(
     tm = TaskManager(url, allow_unregistered=True)
     try:
         tasks = tm.query_tasks(limit=None).items
-        assert len(tasks) == 30
+        assert len(tasks) == 34
         assert {t.status for t in tasks} <= TERMINAL
         statuses = Counter(t.status for t in tasks)
-        assert statuses == {"completed": 29, "permanently_failed": 1}
+        assert statuses == {"completed": 33, "permanently_failed": 1}
+        (order,) = [t for t in tasks if t.name == "ship_order"]
+        assert (order.stage, order.result["approved"]) == (2, True)
+        assert order.result["boxes"] == ["box-mug", "box-poster", "box-t-shirt", "box-stickers"]
+        kinds = [e.event_type for e in tm.query_task_events(order.id).items]
+        assert kinds.count("task_suspended") == 2 and kinds.count("task_resumed") == 2
+        resumed = tm.query_task_events(order.id, event_type="task_resumed").items
+        assert [e.metadata["resume_reason"] for e in resumed] == [
+            "children_completed",
+            "approved by the demo",
+        ]
         (charge,) = [t for t in tasks if t.name == "charge_card"]
         assert charge.attempt == 2
         (failed,) = [t for t in tasks if t.status == "permanently_failed"]
@@ -81,10 +92,10 @@ def test_demo_keeps_earlier_runs_with_no_fresh(
     assert run(capsys, "demo", "--db", url, "--tasks", "10")[0] == 0
     code, out, _ = run(capsys, "demo", "--db", url, "--tasks", "10", "--no-fresh")
     assert code == 0
-    assert "Done: 10 tasks in" in out
+    assert "Done: 14 tasks in" in out
     tm = TaskManager(url, allow_unregistered=True)
     try:
-        assert tm.query_tasks(limit=0).total == 20
+        assert tm.query_tasks(limit=0).total == 28
     finally:
         tm.close()
 

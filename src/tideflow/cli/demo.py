@@ -24,13 +24,14 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from tideflow import Task
-from tideflow.cli.common import CliError, command_prefix, sqlite_file
+from tideflow.cli.common import CliError, command_prefix, redact, sqlite_file
 from tideflow.manager import TaskManager
 from tideflow.models import TERMINAL_STATUSES, TaskInfo
 
 __all__ = ["DEFAULT_DB", "EXAMPLES", "add_command", "build_demo", "demo_batch", "run_demo"]
 
 DEFAULT_DB = "sqlite:tideflow-demo.db"
+ITEMS = ["mug", "poster", "t-shirt", "stickers"]
 MIN_TASKS = 10
 DEADLINE = 120.0  # seconds; the demo normally takes two or three
 
@@ -80,6 +81,33 @@ def cleanup(task: Task) -> str:
     return "temporary files removed"
 
 
+def ship_order(task: Task) -> Any:
+    """A workflow in three stages: fan out, fan in, then wait for a person's approval.
+
+    Stage 0 spawns one ``pack_item`` child per item and is suspended until they all finish.
+    Stage 1 sees their results in ``task.result`` (creation order) and suspends itself with
+    ``task.suspend()`` until someone calls ``resume_task`` (the demo approves it for you).
+    Stage 2 ships, reading what stage 1 kept in ``task.context``.
+    """
+    if task.stage == 0:
+        task.progress("packing", stage_name="pack", progress_percent=0)
+        items = task.payload["items"]
+        return task.next([{"name": "pack_item", "payload": {"item": item}} for item in items])
+    if task.stage == 1:
+        boxes = [child["result"]["box"] for child in task.result]
+        task.progress("waiting for approval", stage_name="approve", progress_percent=66)
+        return task.suspend("awaiting_approval", context=",".join(boxes))
+    boxes = (task.context or b"").decode().split(",")
+    task.progress("shipped", stage_name="ship", progress_percent=100)
+    return {"order": task.payload["order"], "boxes": boxes, "approved": True}
+
+
+def pack_item(task: Task) -> dict[str, str]:
+    """A child of ``ship_order``: its return value reaches the parent's next stage."""
+    time.sleep(0.01)
+    return {"item": task.payload["item"], "box": f"box-{task.payload['item']}"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One kind of demo task: its handler, registration options, tag and what it shows."""
@@ -108,6 +136,12 @@ EXAMPLES: dict[str, Example] = {
     "build_report": Example(build_report, "reports progress with task.progress()", "reports"),
     "send_alert": Example(send_alert, "priority 10: submitted last, runs first", "alerts"),
     "cleanup": Example(cleanup, "delay=1: not run before a second has passed", "maintenance"),
+    "ship_order": Example(
+        ship_order,
+        "workflow: fans out to children, gathers them, waits for approval",
+        "orders",
+    ),
+    "pack_item": Example(pack_item, "a child of ship_order", "orders"),
 }
 
 
@@ -126,6 +160,7 @@ def demo_batch(n: int) -> list[tuple[str, Any, dict[str, Any]]]:
         "import_rows": 1,
         "cleanup": 1,
         "send_alert": max(1, n // 40),
+        "ship_order": 1,
     }
     bulk = n - sum(special.values())
     items: list[tuple[str, Any, dict[str, Any]]] = []
@@ -143,6 +178,7 @@ def demo_batch(n: int) -> list[tuple[str, Any, dict[str, Any]]]:
         items.append(("build_report", {"report": f"weekly-{i}"}, {"tag": "reports"}))
     items.append(("import_rows", {"file": "customers.csv"}, {"tag": "imports"}))
     items.append(("cleanup", {"dir": "/tmp/demo"}, {"tag": "maintenance", "delay": 1.0}))
+    items.append(("ship_order", {"order": "A-1001", "items": ITEMS}, {"tag": "orders"}))
     for i in range(special["send_alert"]):
         items.append(("send_alert", {"to": f"oncall-{i}"}, {"tag": "alerts", "priority": 10}))
     return items
@@ -239,7 +275,7 @@ def _is_demo_db(path: str) -> bool:
 
 
 def _intro(out: TextIO, db: str, n: int) -> None:
-    out.write(f"tideflow demo: {n} tasks on {db}, one worker with 8 slots\n")
+    out.write(f"tideflow demo: {n} tasks on {redact(db)}, one worker with 8 slots\n")
     width = max(len(name) for name in EXAMPLES)
     tags = max(len(example.tag) for example in EXAMPLES.values()) + 2
     for name, example in EXAMPLES.items():
@@ -272,16 +308,16 @@ def _counts(tm: TaskManager) -> dict[str, int]:
 def _line(counts: dict[str, int], expected: int, elapsed: float, width: int, fancy: bool) -> str:
     total = max(sum(counts.values()), expected)
     done = sum(counts[s] for s in TERMINAL_STATUSES)
-    filled = round(20 * done / total) if total else 0
+    filled = 20 * done // total if total else 0
     full, empty = ("█", "░") if fancy else ("#", ".")
     bar = full * filled + empty * (20 - filled)
     parts = []
     for label, group in _GROUPS:
         count = sum(counts[s] for s in group)
-        if count or label in ("completed", "running", "pending"):
+        if count or label == "completed":
             parts.append(f"{count} {label}")
-    pct = 100 * done / total if total else 0.0
-    text = f"[{bar}] {pct:3.0f}% {done}/{total}  {', '.join(parts)}  {elapsed:.1f}s"
+    pct = 100 * done // total if total else 0
+    text = f"[{bar}] {pct:3d}% {done}/{total} {elapsed:5.1f}s  {', '.join(parts)}"
     return text[:width]
 
 
@@ -297,6 +333,7 @@ def _watch(tm: TaskManager, out: TextIO, started: float, expected: int) -> float
     last_print = 0.0
     idle_before = False
     while True:
+        _approve(tm, out, tty)
         counts = _counts(tm)
         now = time.time()
         idle = all(counts[s] == 0 for s in counts if s not in TERMINAL_STATUSES)
@@ -320,6 +357,13 @@ def _watch(tm: TaskManager, out: TextIO, started: float, expected: int) -> float
             time.sleep(0.1)
 
 
+def _approve(tm: TaskManager, out: TextIO, tty: bool) -> None:
+    """Play the person in the loop: approve every order waiting for approval."""
+    for task in tm.get_tasks_by_status("suspended", suspend_reason="awaiting_approval"):
+        tm.resume_task(task.id, resume_reason="approved by the demo")
+        out.write(("\r\x1b[K" if tty else "") + f"approved order task {task.id} (resume_task)\n")
+
+
 # --- summary -----------------------------------------------------------------------------------
 def _summary(
     tm: TaskManager, out: TextIO, db: str, path: str | None, first_id: int, started: float
@@ -330,7 +374,7 @@ def _summary(
     busy = _finished_after(undelayed, started)
     statuses = Counter(t.status for t in tasks)
     attempts = sum(t.attempt for t in tasks)
-    retried = [t for t in tasks if t.attempt > 1]
+    retried = [t for t in tasks if t.retry_count > 0]
     failed = [t for t in tasks if t.status == "permanently_failed"]
 
     out.write(
@@ -343,9 +387,7 @@ def _summary(
     recovered = [t for t in retried if t.status == "completed"]
     if recovered:
         t = recovered[0]
-        out.write(
-            f"  e.g. task {t.id} ({t.name}) failed once, then completed on attempt {t.attempt}\n"
-        )
+        out.write(f"  e.g. task {t.id} ({t.name}) failed, then completed on attempt {t.attempt}\n")
     for t in failed[:1]:
         first = (t.error or "").splitlines()[0] if t.error else "-"
         out.write(f"Permanently failed: task {t.id} ({t.name}) after {t.attempt} attempts:\n")
@@ -355,24 +397,41 @@ def _summary(
         if t.name == "cleanup" and t.start_time is not None:
             wait = (t.start_time - t.created_at).total_seconds()
             out.write(f"Delayed: task {t.id} (cleanup, delay=1) started {wait:.2f}s after submit\n")
+    for t in tasks:
+        if t.name == "ship_order":
+            _workflow_note(tm, out, t)
     reports = [t for t in tasks if t.name == "build_report"]
     if reports:
         t = reports[0]
         out.write(
-            f"Progress: task {t.id} (build_report) ended at {t.progress_percent or 0:g}%"
-            f" ({t.current_stage_name}: {t.progress_text})\n"
+            f"Progress: task {t.id} (build_report) reported {t.progress_percent or 0:.0f}%"
+            f" at stage {t.current_stage_name!r} with task.progress()\n"
         )
 
-    if path is None:
+    if path is None and db.startswith("sqlite:"):
         out.write(f"\nDatabase: {db} (in memory: gone now that the demo has ended)\n")
         return
     prog = command_prefix()
     show = (failed or retried or tasks)[0].id
-    db_arg = shlex.quote(db)
-    out.write(f"\nDatabase: {os.path.abspath(path)}\n")
-    out.write("Explore it:\n")
-    out.write(f"  {prog} tasks list --db {db_arg}\n")
-    out.write(f"  {prog} tasks show {show} --db {db_arg}\n")
+    if path is not None:
+        out.write(f"\nDatabase: {os.path.abspath(path)}\n")
+        db_arg = f" --db {shlex.quote(db)}"
+    else:  # a server: keep its password out of the suggested commands
+        out.write(f"\nDatabase: {redact(db)}\n")
+        db_arg = ""
+    out.write("Explore it" + (":\n" if db_arg else " (with TIDEFLOW_DB set to that URL):\n"))
+    out.write(f"  {prog} tasks list{db_arg}\n")
+    out.write(f"  {prog} tasks show {show}{db_arg}\n")
+
+
+def _workflow_note(tm: TaskManager, out: TextIO, order: TaskInfo) -> None:
+    children = tm.get_child_tasks(order.id)
+    kinds = [e.event_type for e in tm.query_task_events(order.id).items]
+    out.write(
+        f"Workflow: task {order.id} (ship_order) spawned {len(children)} pack_item children,"
+        f" resumed {kinds.count('task_resumed')} times (children done, then approval),"
+        f" ended {order.status} at stage {order.stage}: {order.result}\n"
+    )
 
 
 def _finished_after(tasks: list[TaskInfo], started: float) -> float:

@@ -14,7 +14,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from tideflow.cli.common import DB_ENV, CliError, add_db_option, same_database
+from tideflow.cli.common import DB_ENV, CliError, add_db_option, redact, same_database
 from tideflow.manager import TaskManager
 
 __all__ = ["add_command", "load_app"]
@@ -153,10 +153,9 @@ class _Signals:
         self.stop.set()
 
 
-def _child_command(args: argparse.Namespace, db: str | None, index: int) -> list[str]:
+def _child_command(args: argparse.Namespace, index: int) -> list[str]:
+    # The database travels in $TIDEFLOW_DB, not argv, where `ps` would show a password.
     cmd = [sys.executable, "-m", "tideflow.cli", "worker", args.app, "--processes", "1"]
-    if db is not None:
-        cmd += ["--db", db]
     if args.concurrency is not None:
         cmd += ["--concurrency", str(args.concurrency)]
     if args.capabilities is not None:
@@ -186,7 +185,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "%s uses database %s, not %s given by --db/%s: the app ignores %s",
             args.app,
             tm._store.safe_url,
-            db,
+            redact(db),
             DB_ENV,
             DB_ENV,
         )
@@ -213,7 +212,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             for index in range(1, args.processes):
                 signals.children.append(
                     subprocess.Popen(
-                        _child_command(args, db, index),
+                        _child_command(args, index),
                         env=env,
                         start_new_session=True,  # terminal signals reach only us; we forward them
                     )

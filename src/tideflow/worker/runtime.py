@@ -39,10 +39,24 @@ log = logging.getLogger("tideflow.worker")
 R = TypeVar("R")
 
 
+_INTERNAL = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(concurrent.futures.__file__),
+    os.path.dirname(asyncio.__file__),
+)
+
+
 def format_error(exc: BaseException) -> str:
-    """``Type: message`` on the first line, then the formatted traceback."""
+    """``Type: message`` on the first line, then the traceback without the worker's own frames."""
     head = f"{type(exc).__name__}: {exc}"
-    return head + "\n" + "".join(traceback.format_exception(exc)).rstrip()
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not os.path.abspath(f.filename).startswith(_INTERNAL)
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(exc)
+    return head + "\n" + "".join(lines).rstrip()
 
 
 @dataclasses.dataclass(eq=False)

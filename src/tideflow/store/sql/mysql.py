@@ -159,10 +159,11 @@ _SQL_MODE = (
     "STRICT_ALL_TABLES,ONLY_FULL_GROUP_BY,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
     "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 )
-#: deadlock / lock wait timeout: InnoDB rolled the transaction back, so running it again is safe
-_TRANSIENT = frozenset({1205, 1213})
+#: deadlock: InnoDB rolled the whole transaction back, so running it again is safe (a lock wait
+#: timeout, 1205, is not retried: it already waited innodb_lock_wait_timeout)
+_TRANSIENT = frozenset({1213})
 _TRIES = 5
-_URL_OPTIONS = ("pool_size", "connect_timeout", "unix_socket", "ping_after")
+_URL_OPTIONS = ("pool_size", "connect_timeout", "unix_socket")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -172,7 +173,7 @@ def _paramstyle(sql: str) -> str:
 
 
 class _TransientError(StoreError):
-    """A deadlock or lock wait timeout; the operation is retried."""
+    """A deadlock; the operation is retried."""
 
 
 P = ParamSpec("P")
@@ -201,28 +202,26 @@ def _retrying(
 class _Pool:
     """Idle PyMySQL connections in a LIFO queue; a dropped one is replaced on checkout."""
 
-    def __init__(self, connect: Callable[[], Any], size: int, ping_after: float) -> None:
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
         self._connect = connect
         self._size = size
-        self._ping_after = ping_after
-        self._idle: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self.closed = False
 
     def get(self) -> Any:
         if self.closed:
             raise StoreError("this store is closed; create a new TaskManager")
         try:
-            conn, since = self._idle.get_nowait()
+            conn = self._idle.get_nowait()
         except queue.Empty:
             return self._connect()
-        if time.monotonic() - since >= self._ping_after:
-            try:
-                conn.ping(reconnect=False)
-            except pymysql.MySQLError:
-                # dropped (server restart, wait_timeout): a new connection gets the settings
-                with contextlib.suppress(Exception):
-                    conn.close()
-                return self._connect()
+        try:
+            conn.ping(reconnect=False)  # one ~30us round trip
+        except pymysql.MySQLError:
+            # dropped (server restart, wait_timeout): a new connection gets the session settings
+            with contextlib.suppress(Exception):
+                conn.close()
+            return self._connect()
         return conn
 
     def put(self, conn: Any, *, broken: bool = False) -> None:
@@ -230,13 +229,13 @@ class _Pool:
             with contextlib.suppress(Exception):
                 conn.close()
             return
-        self._idle.put((conn, time.monotonic()))
+        self._idle.put(conn)
 
     def close(self) -> None:
         self.closed = True
         while True:
             try:
-                conn, _ = self._idle.get_nowait()
+                conn = self._idle.get_nowait()
             except queue.Empty:
                 return
             with contextlib.suppress(Exception):
@@ -310,7 +309,6 @@ class MysqlStore(SqlStore):
         self._pool = _Pool(
             self._connect,
             size=int(_number(options, "pool_size", 8, self.safe_url)),
-            ping_after=_number(options, "ping_after", 0, self.safe_url),
         )
         self._setup_lock = threading.Lock()
 

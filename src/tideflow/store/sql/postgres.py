@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from tideflow.core.types import Change, ClaimRequest, NewTask
+from tideflow.core.types import Change, ClaimRequest, NewTask, TaskRow
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
@@ -29,6 +29,7 @@ from tideflow.store.sql.base import (
     CLAIMABLE,
     INSERT_COLUMNS,
     TASK_SELECT,
+    A,
     Cursor,
     E,
     SqlStore,
@@ -165,6 +166,14 @@ _INSERT_EVENT = (
     " worker_id, attempt, event_time, message, metadata)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+_OPEN_ATTEMPT = (
+    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
+    " VALUES (%s, %s, %s, %s, %s, %s, 0)"
+)
+_CLOSE_ATTEMPT = (
+    f"UPDATE {A} SET ended_at = %s, outcome = %s, error = %s, timeout_flag = %s,"
+    " duration_seconds = %s - started_at WHERE task_id = %s AND attempt = %s AND ended_at IS NULL"
+)
 _CLAIM = (
     f"SELECT {TASK_SELECT} FROM {T}"
     f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= %s AND name = ANY(%s)"
@@ -205,6 +214,14 @@ class _PipelinedCursor:
     def rowcount(self) -> int:
         self._pipeline.sync()
         return self._cur.rowcount
+
+    def sync(self) -> None:
+        """Send everything queued and wait for the results."""
+        self._pipeline.sync()
+
+    def new_cursor(self) -> psycopg.Cursor[Any]:
+        """Another cursor on the same connection (each keeps its own statement's result)."""
+        return self._cur.connection.cursor()
 
     @property
     def lastrowid(self) -> Any:  # pragma: no cover - PostgreSQL uses RETURNING
@@ -348,13 +365,12 @@ class PostgresStore(SqlStore):
         pool = self._get_pool()
         self._local.notify = False
         try:
-            with pool.connection() as conn:
-                with conn.pipeline() as pipeline, conn.cursor() as cur:
-                    yield _PipelinedCursor(cur, pipeline)
-                    if self._local.notify:
-                        cur.execute(f"NOTIFY {CHANNEL}")
-                # leaving the pipeline sent everything; leaving pool.connection() commits
-                # (or rolls back on error)
+            # leaving the pipeline sends everything queued; leaving pool.connection() then
+            # commits (or rolls back on error)
+            with pool.connection() as conn, conn.pipeline() as pipeline, conn.cursor() as cur:
+                yield _PipelinedCursor(cur, pipeline)
+                if self._local.notify:
+                    cur.execute(f"NOTIFY {CHANNEL}")
         except psycopg.Error as exc:
             raise self._error(exc) from None
         finally:
@@ -437,6 +453,142 @@ class PostgresStore(SqlStore):
             if found is not None:
                 return int(found[0])
         raise StoreError(f"could not insert or find the open task with unique_key {key!r}")
+
+    # --- batched compare-and-set ---------------------------------------------------------------
+    def claim(self, request: ClaimRequest) -> list[TaskRow]:
+        """As :meth:`SqlStore.claim`, with the chosen rows' writes sent as one batch.
+
+        The candidates are row-locked (``FOR UPDATE``), so their compare-and-set holds unless a
+        guard is wrong; the rows are picked first, then written in a few round trips.
+        """
+        if request.limit <= 0 or not request.names:
+            return []
+        capped = any(v is not None for v in request.names.values())
+        fetch = request.limit * 2 + 16 if capped else request.limit
+        with self._write() as cur:
+            chosen: list[tuple[TaskRow, Change]] = []
+            taken: dict[str, int] = {}
+            for raw in self._claim_candidates(cur, request, fetch):
+                if len(chosen) >= request.limit:
+                    break
+                row = self._decode_task(raw)
+                cap = request.names.get(row.name)
+                if cap is not None and taken.get(row.name, 0) >= cap:
+                    continue
+                taken[row.name] = taken.get(row.name, 0) + 1
+                chosen.append((row, request.plan(row)))
+            held = self._apply_batch(cur, [change for _, change in chosen])
+        return [
+            row.with_values(change.values)
+            for (row, change), ok in zip(chosen, held, strict=True)
+            if ok
+        ]
+
+    def apply(self, changes: Sequence[Change]) -> list[bool]:
+        if not changes:
+            return []
+        with self._write() as cur:
+            return self._apply_batch(cur, changes)
+
+    def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Apply changes in order, sending runs of simple ones (no children, no fan-in, each
+        task once) together: all their compare-and-set UPDATEs in one round trip, then their
+        events and attempt rows. Other changes take :meth:`SqlStore._apply_one`."""
+        assert isinstance(cur, _PipelinedCursor)
+        results: list[bool] = [False] * len(changes)
+        group: list[int] = []
+        tasks_in_group: set[int] = set()
+
+        def flush() -> None:
+            if group:
+                for i, held in zip(
+                    group, self._apply_simple(cur, [changes[i] for i in group]), strict=True
+                ):
+                    results[i] = held
+            group.clear()
+            tasks_in_group.clear()
+
+        for i, change in enumerate(changes):
+            if change.children or change.fan_in is not None:
+                flush()
+                results[i] = self._apply_one(cur, change)
+                continue
+            if change.task_id in tasks_in_group:
+                flush()
+            group.append(i)
+            tasks_in_group.add(change.task_id)
+        flush()
+        return results
+
+    def _apply_simple(self, cur: _PipelinedCursor, changes: Sequence[Change]) -> list[bool]:
+        # the same statements as SqlStore._apply_one, batched
+        cursors = []
+        for change in changes:
+            cols = list(change.values)
+            params: list[Any] = [self._encode_value(c, change.values[c]) for c in cols]
+            statuses = sorted(change.from_statuses)
+            sql = (
+                f"UPDATE {T} SET {', '.join(f'{c} = %s' for c in cols)}"
+                f" WHERE id = %s AND status = ANY(%s)"
+            )
+            params += [change.task_id, statuses]
+            if change.fence is not None:
+                sql += " AND worker_id = %s AND attempt = %s"
+                params += [change.fence.worker_id, change.fence.attempt]
+            if change.stage is not None:
+                sql += " AND stage = %s"
+                params.append(change.stage)
+            c = cur.new_cursor()
+            c.execute(sql, params)
+            cursors.append(c)
+        cur.sync()
+        held = [c.rowcount == 1 for c in cursors]
+        for c in cursors:
+            c.close()
+        now = time.time()
+        events: list[tuple[Any, ...]] = []
+        opens: list[tuple[Any, ...]] = []
+        closes: list[tuple[Any, ...]] = []
+        for change, ok in zip(changes, held, strict=True):
+            if not ok:
+                log.info(
+                    "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
+                    change.task_id,
+                    sorted(change.from_statuses),
+                    change.fence,
+                )
+                continue
+            events += [
+                self._event_params(change.task_id, change.root_id, change.parent_id, e)
+                for e in change.events
+            ]
+            if change.attempt_open is not None:
+                o = change.attempt_open
+                opens.append(
+                    (change.task_id, change.root_id, o.attempt, o.worker_id, o.stage, o.started_at)
+                )
+            if change.attempt_close is not None:
+                a = change.attempt_close
+                closes.append(
+                    (
+                        a.ended_at,
+                        a.outcome,
+                        a.error,
+                        1 if a.timeout_flag else 0,
+                        a.ended_at,
+                        change.task_id,
+                        a.attempt,
+                    )
+                )
+            if _due_now(change.values, now):
+                self._local.notify = True
+        if events:
+            cur.executemany(_INSERT_EVENT, events)
+        if opens:
+            cur.executemany(_OPEN_ATTEMPT, opens)
+        if closes:
+            cur.executemany(_CLOSE_ATTEMPT, closes)
+        return held
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
         held = super()._apply_one(cur, change, events=events)
