@@ -1,0 +1,72 @@
+"""The public surface: exports, async twins that mirror their sync methods."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import tideflow
+from tideflow import TaskManager
+
+EXPECTED_EXPORTS = {
+    "HandlerInfo",
+    "Page",
+    "Status",
+    "Task",
+    "TaskAttempt",
+    "TaskAudit",
+    "TaskEvent",
+    "TaskInfo",
+    "TaskManager",
+    "WorkerInfo",
+    "WorkflowAudit",
+    "__version__",
+}
+
+TWINS = sorted(
+    name[1:]
+    for name, value in vars(TaskManager).items()
+    if name.startswith("a") and inspect.iscoroutinefunction(value)
+)
+
+
+def test_exports_are_pinned() -> None:
+    assert set(tideflow.__all__) == EXPECTED_EXPORTS
+    assert TaskManager.__module__ == "tideflow"
+
+
+def test_every_database_method_has_an_async_twin() -> None:
+    database_methods = {
+        "setup",
+        "submit",
+        "submit_many",
+        "cron",
+        "resume_task",
+        "cancel_task",
+        "pause_task",
+        "retry_task",
+        "get_task",
+        "get_tasks",
+        "get_tasks_by_name",
+        "get_tasks_by_status",
+        "get_tasks_by_tag",
+        "get_child_tasks",
+        "get_task_stats_by_tag",
+        "delete_tasks",
+        "query_tasks",
+        "query_task_events",
+        "query_task_attempts",
+        "get_workers",
+        "get_worker",
+    }
+    assert database_methods <= set(TWINS)
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_twin_signature_matches(name: str) -> None:
+    sync = getattr(TaskManager, name)
+    twin = getattr(TaskManager, f"a{name}")
+    assert twin.__wrapped__ is sync  # the twin runs exactly this method (in a thread)
+    assert inspect.signature(twin) == inspect.signature(sync)
+    assert twin.__name__ == f"a{name}"
