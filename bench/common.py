@@ -93,7 +93,7 @@ def tideflow_store_available(kind: str) -> str | None:
     """None when tideflow's store for ``kind`` ('postgres'/'mysql') imports, else why not."""
     try:
         if kind == "postgres":
-            import tideflow.store.sql.postgres  # noqa: F401
+            import tideflow.store.sql.postgres
         elif kind == "mysql":
             import tideflow.store.sql.mysql  # noqa: F401
     except Exception as exc:
@@ -148,8 +148,8 @@ def fresh_sqlite_file(directory: Path, name: str) -> Path:
 class Counter:
     """Counts finished rows with one SQL query on its own plain connection."""
 
-    def __init__(self, kind: str, target: str, sql: str) -> None:
-        self.kind, self.sql = kind, sql
+    def __init__(self, kind: str, target: str, sql: str, started_sql: str | None = None) -> None:
+        self.kind, self.sql, self.started_sql = kind, sql, started_sql
         if kind == "sqlite":
             self.conn: Any = sqlite3.connect(target, timeout=30, isolation_level=None)
         elif kind == "postgres":
@@ -160,15 +160,24 @@ class Counter:
         else:
             raise ValueError(kind)
 
-    def count(self) -> int:
+    def _scalar(self, sql: str) -> int:
         if self.kind == "mysql":
             with self.conn.cursor() as cur:
-                cur.execute(self.sql)
+                cur.execute(sql)
                 return int(cur.fetchone()[0])
         try:
-            return int(self.conn.execute(self.sql).fetchone()[0])
+            return int(self.conn.execute(sql).fetchone()[0])
         except sqlite3.OperationalError:  # table not created yet
             return 0
+
+    def count(self) -> int:
+        return self._scalar(self.sql)
+
+    def started(self) -> bool:
+        """True once a worker claimed something (``started_sql`` > 0) or finished a row."""
+        if self.started_sql is not None and self._scalar(self.started_sql) > 0:
+            return True
+        return self.count() > 0
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -177,7 +186,7 @@ class Counter:
 
 @dataclass
 class DrainTiming:
-    """Rate measured between the first and the last observed finished row."""
+    """Rate measured from the first claim (or first finished row) to the last finished row."""
 
     n: int
     first_seen: float
@@ -200,24 +209,31 @@ def wait_for_count(
     interval: float = 0.01,
     alive: Callable[[], bool] | None = None,
 ) -> DrainTiming:
-    """Poll ``counter`` until it reaches ``n``; time from the first finished row to the last.
+    """Poll ``counter`` until it reaches ``n``; time from the first claim to the last finished row.
 
-    Timing from the first finished row leaves out the worker's start-up (imports, connecting),
-    which would otherwise dominate short runs and differs between systems."""
+    With ``counter.started_sql`` the clock starts when the first claim is visible in the database
+    (else at the first finished row, and the rows already finished then are left out). Either way
+    the worker's start-up (imports, connecting), which differs between systems and would dominate
+    short runs, is not timed."""
     deadline = time.perf_counter() + timeout
     first_seen: float | None = None
     count_at_first = 0
     while True:
         now = time.perf_counter()
-        c = counter.count()
-        if c > 0 and first_seen is None:
-            first_seen, count_at_first = now, c
+        if first_seen is None and counter.started_sql is not None:
+            if counter.started():
+                first_seen = now
+            c = 0
+        else:
+            c = counter.count()
+            if c > 0 and first_seen is None:
+                first_seen, count_at_first = now, c
         if c >= n:
             assert first_seen is not None
             return DrainTiming(n, first_seen, now, count_at_first)
         if now > deadline:
             raise TimeoutError(f"only {c} of {n} finished after {timeout:.0f}s")
-        if alive is not None and not alive():
+        if alive is not None and not alive() and counter.count() < n:
             raise RuntimeError(f"worker exited early with {c} of {n} finished")
         time.sleep(interval)
 
@@ -225,9 +241,7 @@ def wait_for_count(
 # --- processes -------------------------------------------------------------------------------
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     if extra:
         env.update(extra)

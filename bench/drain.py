@@ -1,6 +1,9 @@
 """Drain N pre-submitted no-op tasks with one worker and print tasks/s.
 
 Usage: python bench/drain.py [--db sqlite:/tmp/bench.db] [-n 5000] [--concurrency 50] [--async]
+
+A quick in-process check while developing; the benchmark suite with peers, separate worker
+processes and row counting is ``python bench/run.py`` (see its docstring).
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ from huey import SqliteHuey
 
 COUNT_SQL = "SELECT count(*) FROM kv"
 
+
+def started_sql(n: int) -> str:
+    """1 once the consumer took a message off the queue of ``n``."""
+    return f"SELECT CASE WHEN count(*) < {int(n)} THEN 1 ELSE 0 END FROM task"
+
+
 huey = SqliteHuey(
     "bench", filename=os.environ.get("BENCH_HUEY_FILE", "/tmp/huey-bench.db"), journal_mode="wal"
 )

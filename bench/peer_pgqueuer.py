@@ -17,6 +17,7 @@ from common import report_start
 from pgqueuer import AsyncpgDriver, Job, PgQueuer, Queries
 
 COUNT_SQL = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+STARTED_SQL = "SELECT count(*) FROM (SELECT 1 FROM pgqueuer WHERE status <> 'queued' LIMIT 1) x"
 
 
 @asynccontextmanager

@@ -13,7 +13,10 @@ import procrastinate
 from common import report_start
 
 COUNT_SQL = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
-POOL = int(os.environ.get("BENCH_PROC_POOL", "20"))
+STARTED_SQL = (
+    "SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs WHERE status <> 'todo' LIMIT 1) x"
+)
+POOL = int(os.environ.get("BENCH_PROC_POOL", "10"))
 
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from common import mysql_connect, pg_connect
 
 COUNT_SQL = "SELECT count(*) FROM raw_jobs WHERE status = 'done'"
+STARTED_SQL = "SELECT count(*) FROM (SELECT 1 FROM raw_jobs WHERE status <> 'pending' LIMIT 1) x"
 
 
 def prepare(kind: str, target: str, n: int) -> None:
@@ -61,7 +62,7 @@ def prepare(kind: str, target: str, n: int) -> None:
             )
             cur.execute(
                 "INSERT INTO raw_jobs (status, payload, updated)"
-                " SELECT 'pending', '{}', 0 FROM seq_1_to_%s" % int(n)
+                f" SELECT 'pending', '{{}}', 0 FROM seq_1_to_{int(n)}"
             )
         conn.close()
 

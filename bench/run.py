@@ -1,6 +1,6 @@
 """tideflow benchmark suite: every scenario for tideflow and its peers in one run (issue 5).
 
-    python bench/run.py [--quick] [--json FILE] [--only SCENARIO[,SCENARIO...]]
+    python bench/run.py [--quick] [--json FILE] [--only SCENARIO[,...]] [--stores STORE[,...]]
 
 Scenarios: drain, submit, latency, claim, workflow, rss, raw. Peers (``pip install -e
 '.[bench]'``): PgQueuer and Procrastinate on PostgreSQL, Huey on SQLite. Every worker runs as its
@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import (  # noqa: E402
+import common
+from common import (
     Counter,
     Proc,
     median,
@@ -46,12 +46,15 @@ SCENARIOS = ("drain", "submit", "latency", "claim", "workflow", "rss", "raw")
 STORES = ("sqlite", "postgres", "mysql")
 STORE_LABEL = {"sqlite": "SQLite file", "postgres": "PostgreSQL", "mysql": "MariaDB"}
 TF_COUNT = "SELECT count(*) FROM tideflow_tasks WHERE status = 'completed' AND name = 'noop'"
+TF_STARTED = (
+    "SELECT count(*) FROM (SELECT 1 FROM tideflow_tasks WHERE status <> 'pending' LIMIT 1) x"
+)
 
 # Settings picked for speed, printed with the results.
 TF_CONCURRENCY = 200
 TF_POLL = 0.05
 PGQ_BATCH = {1: 100, 2: 1000}
-PROC_CONCURRENCY = 20
+PROC_CONCURRENCY = 10
 HUEY_WORKERS = 8
 HUEY_DELAY = 0.01
 
@@ -70,7 +73,7 @@ class Sizes:
     @classmethod
     def make(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(2_000, 300, 2_000, 30, 20_000, 1_000, 5_000, 1)
+            return cls(2_000, 300, 2_000, 20, 20_000, 1_000, 2_000, 1)
         return cls(20_000, 2_000, 20_000, 200, 1_000_000, 10_000, 100_000, 3)
 
 
@@ -101,7 +104,7 @@ class Cell:
 
 
 class Bench:
-    def __init__(self, quick: bool, only: set[str]) -> None:
+    def __init__(self, quick: bool, only: set[str], stores: set[str] | None = None) -> None:
         self.quick = quick
         self.only = only
         self.n = Sizes.make(quick)
@@ -113,10 +116,12 @@ class Bench:
             "postgres": common.pg_available(),
             "mysql": common.mysql_available(),
         }
+        for store in STORES:
+            if stores and store not in stores:
+                self.services[store] = "not selected (--stores)"
         self.tf_store: dict[str, str | None] = {
             "sqlite": None,
-            "postgres": self.services["postgres"]
-            or common.tideflow_store_available("postgres"),
+            "postgres": self.services["postgres"] or common.tideflow_store_available("postgres"),
             "mysql": self.services["mysql"] or common.tideflow_store_available("mysql"),
         }
         self.peers: dict[str, str | None] = {}
@@ -214,14 +219,14 @@ class Bench:
             for start in range(0, n, 20_000):
                 tm.submit_many([("noop", None)] * min(20_000, n - start))
             tm.close()
-            counter = self.tf_counter(store, target)
+            counter = Counter(store, target, TF_COUNT, TF_STARTED)
             procs = [self.tf_worker(store, target) for _ in range(nproc)]
         elif system == "pgqueuer":
             import peer_pgqueuer
 
             asyncio.run(peer_pgqueuer.install(target))
             asyncio.run(peer_pgqueuer.enqueue(target, n, batch=True))
-            counter = Counter(store, target, peer_pgqueuer.COUNT_SQL)
+            counter = Counter(store, target, peer_pgqueuer.COUNT_SQL, peer_pgqueuer.STARTED_SQL)
             procs = [
                 Proc(
                     [
@@ -258,7 +263,7 @@ class Bench:
         if n:
             asyncio.run(peer.enqueue(n, batch=True))
         procs = [self.procrastinate_worker(target) for _ in range(nproc)]
-        return procs, Counter("postgres", target, peer.COUNT_SQL)
+        return procs, Counter("postgres", target, peer.COUNT_SQL, peer.STARTED_SQL)
 
     @staticmethod
     def procrastinate_worker(target: str, **env: str) -> Proc:
@@ -280,7 +285,7 @@ class Bench:
         peer.enqueue(n)
         peer.huey.storage.close()
         procs = [self.huey_worker(target) for _ in range(nproc)]
-        return procs, Counter("sqlite", target, peer.COUNT_SQL)
+        return procs, Counter("sqlite", target, peer.COUNT_SQL, peer.started_sql(n) if n else None)
 
     @staticmethod
     def huey_worker(target: str, **env: str) -> Proc:
@@ -327,7 +332,7 @@ class Bench:
                 self.tf_na(c)
                 for system in self.systems(store):
                     value = self.runs(
-                        lambda s=system, p=nproc: self.drain_once(s, store, p, n),
+                        lambda s=system, p=nproc, st=store: self.drain_once(s, st, p, n),
                         f"drain {STORE_LABEL[store]} {system} x{nproc} (n={n})",
                     )
                     if system == "tideflow":
@@ -413,7 +418,7 @@ class Bench:
                         c.peer_notes["huey"] = "no batch enqueue"
                         continue
                     value = self.runs(
-                        lambda s=system, b=batch: self.submit_once(s, store, b),
+                        lambda s=system, b=batch, st=store: self.submit_once(s, st, b),
                         f"{name} {STORE_LABEL[store]} {system}",
                     )
                     if system == "tideflow":
@@ -449,7 +454,10 @@ class Bench:
                     cleanup.insert(0, tm.close)
                     client = tm
                 else:
-                    procs.append(self.tf_worker(store, target, poll=1.0, **env))
+                    # PostgreSQL wakes on NOTIFY, so a slow poll shows NOTIFY's latency;
+                    # MariaDB has no NOTIFY and relies on polling
+                    poll = 1.0 if store == "postgres" else TF_POLL
+                    procs.append(self.tf_worker(store, target, poll=poll, **env))
                     procs[0].wait_ready()
 
                 def submit(seq: int) -> None:
@@ -519,7 +527,10 @@ class Bench:
         raise TimeoutError(f"probe {seq} not started")
 
     def scenario_latency(self) -> None:
-        plan = {"sqlite": ["tideflow", "huey"], "postgres": ["tideflow", "pgqueuer", "procrastinate"]}
+        plan = {
+            "sqlite": ["tideflow", "huey"],
+            "postgres": ["tideflow", "pgqueuer", "procrastinate"],
+        }
         plan["mysql"] = ["tideflow"]
         for store in STORES:
             if self.services[store]:
@@ -568,9 +579,7 @@ class Bench:
         counter = Counter(store, target, "SELECT 1")
         conn = counter.conn
         if store == "sqlite":
-            cols = [
-                r[1] for r in conn.execute("PRAGMA table_info(tideflow_tasks)") if r[1] != "id"
-            ]
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(tideflow_tasks)") if r[1] != "id"]
         elif store == "postgres":
             cols = [
                 r[0]
@@ -664,10 +673,10 @@ class Bench:
             if self.tf_store[store]:
                 continue
             empty = self.runs(
-                lambda: self.claim_once(store, 0), f"claim {STORE_LABEL[store]} empty"
+                lambda st=store: self.claim_once(st, 0), f"claim {STORE_LABEL[store]} empty"
             )
             full = self.runs(
-                lambda: self.claim_once(store, self.n.finished_rows),
+                lambda st=store: self.claim_once(st, self.n.finished_rows),
                 f"claim {STORE_LABEL[store]} with {self.n.finished_rows:,} finished",
             )
             c.tideflow = full
@@ -719,10 +728,11 @@ class Bench:
                 continue
             n = self.n.children
             wf = self.runs(
-                lambda: self.workflow_once(store, True), f"fan-out/in {n} {STORE_LABEL[store]}"
+                lambda st=store: self.workflow_once(st, True),
+                f"fan-out/in {n} {STORE_LABEL[store]}",
             )
             plain = self.runs(
-                lambda: self.workflow_once(store, False), f"plain {n} {STORE_LABEL[store]}"
+                lambda st=store: self.workflow_once(st, False), f"plain {n} {STORE_LABEL[store]}"
             )
             c.tideflow = wf
             c.peers["tideflow plain drain"] = plain
@@ -824,7 +834,7 @@ class Bench:
             for system in self.systems(store):
                 idles: list[float] = []
                 growths: list[float] = []
-                for _ in range(self.n.runs):
+                for _ in range(1):  # memory is not noisy; one long run each
                     try:
                         idle, after = self.rss_once(system, store)
                     except Exception as exc:
@@ -854,7 +864,7 @@ class Bench:
         n = self.n.drain
         target = self.fresh(store, "raw")
         raw_sql.prepare(store, target, n)
-        counter = Counter(store, target, raw_sql.COUNT_SQL)
+        counter = Counter(store, target, raw_sql.COUNT_SQL, raw_sql.STARTED_SQL)
         proc = Proc(["raw_sql.py", store, target, "--batch", str(batch)])
         with processes([proc]):
             timing = wait_for_count(counter, n, max(60, n / 50))
@@ -870,7 +880,7 @@ class Bench:
             self.tf_na(c)
             for batch in (1, 10, 100):
                 c.peers[f"raw batch {batch}"] = self.runs(
-                    lambda b=batch: self.raw_once(store, b),
+                    lambda b=batch, st=store: self.raw_once(st, b),
                     f"raw SQL {STORE_LABEL[store]} batch {batch} (n={self.n.drain})",
                 )
             d = drains.get(store)
@@ -910,16 +920,23 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 def table(cells: list[Cell]) -> str:
-    header = ("scenario", "store", "unit", "tideflow", "peers", "ratio tideflow/peer", "target", "met")
+    header = (
+        "scenario",
+        "store",
+        "unit",
+        "tideflow",
+        "peers",
+        "ratio tideflow/peer",
+        "target",
+        "met",
+    )
     rows = [header]
     for c in cells:
         tf = c.tideflow_note if c.tideflow is None and c.tideflow_note else fmt(c.tideflow, c.unit)
-        peers = "; ".join(
-            f"{name} {fmt(v, c.unit)}" for name, v in c.peers.items()
-        ) or "; ".join(f"{k}: {v}" for k, v in c.peer_notes.items())
-        ratios = "; ".join(
-            f"{name} {r:.2f}x" for name, r in c.ratios().items() if r is not None
+        peers = "; ".join(f"{name} {fmt(v, c.unit)}" for name, v in c.peers.items()) or "; ".join(
+            f"{k}: {v}" for k, v in c.peer_notes.items()
         )
+        ratios = "; ".join(f"{name} {r:.2f}x" for name, r in c.ratios().items() if r is not None)
         met = "" if not c.target else ("yes" if c.met else "NO" if c.met is False else "?")
         rows.append((c.scenario, STORE_LABEL[c.store], c.unit, tf, peers, ratios, c.target, met))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
@@ -958,7 +975,8 @@ def versions() -> dict[str, Any]:
 def settings_text() -> dict[str, str]:
     return {
         "tideflow": f"TaskManager(url, max_concurrent_tasks={TF_CONCURRENCY},"
-        f" poll_interval={TF_POLL}), async no-op handler; latency runs use poll_interval=1.0",
+        f" poll_interval={TF_POLL}), async no-op handler; latency on PostgreSQL and SQLite"
+        " uses poll_interval=1.0 (NOTIFY / in-process wake-up), on MariaDB the same 0.05",
         "pgqueuer": "pgqueuer run (asyncpg driver), --batch-size 100 (1 proc) / 1000 (2 procs);"
         " latency --batch-size 10",
         "procrastinate": f"procrastinate worker --concurrency {PROC_CONCURRENCY}, psycopg pool"
@@ -966,8 +984,8 @@ def settings_text() -> dict[str, str]:
         "huey": f"SqliteHuey file (journal_mode=wal), huey_consumer -k thread -w {HUEY_WORKERS}"
         f" -d {HUEY_DELAY} -m 0.1; no-op returns True so its result row counts as finished",
         "raw": "bare SQL, claim txn (SKIP LOCKED where supported) + finish txn per batch",
-        "timing": "drain rates from the first to the last finished row seen by counting rows in"
-        " the database every 10 ms (worker start-up excluded)",
+        "timing": "drain rate = N / (last finished row - first claim), both seen by querying the"
+        " database every 10 ms (worker start-up excluded); RSS figures from one run each",
     }
 
 
@@ -1004,14 +1022,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", metavar="SCENARIO", help=f"comma-separated subset of {', '.join(SCENARIOS)}"
     )
+    parser.add_argument(
+        "--stores", metavar="STORE", help=f"comma-separated subset of {', '.join(STORES)}"
+    )
     args = parser.parse_args(argv)
+    stores = set(filter(None, (args.stores or "").split(",")))
+    if stores - set(STORES):
+        parser.error(f"unknown store(s) {', '.join(sorted(stores - set(STORES)))}")
     only = set(filter(None, (args.only or "").split(",")))
     unknown = only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {SCENARIOS}")
     t0 = time.perf_counter()
-    bench = Bench(args.quick, only)
-    print(f"tideflow bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} cores", flush=True)
+    bench = Bench(args.quick, only, stores)
+    print(
+        f"tideflow bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} cores", flush=True
+    )
     bench.run()
     data = to_json(bench)
     data["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -1022,7 +1048,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {text}")
     for line in bench.skips:
         print(f"  skipped: {line}")
-    print(f"  elapsed {data['elapsed_s']}s; ratios are tideflow / peer (for ms and s lower is better)")
+    print(
+        f"  elapsed {data['elapsed_s']}s; ratios are tideflow / peer (for ms and s lower is better)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2, default=str))
     return 0

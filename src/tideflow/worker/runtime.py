@@ -46,6 +46,11 @@ _INTERNAL = (
 )
 
 
+def row_key(row: TaskRow) -> tuple[int, int]:
+    """(task id, attempt) of a row."""
+    return row.id, row.attempt
+
+
 def format_error(exc: BaseException) -> str:
     """``Type: message`` on the first line, then the traceback without the worker's own frames."""
     head = f"{type(exc).__name__}: {exc}"
@@ -107,6 +112,10 @@ class Worker:
         self._registered_version = -1
         self._beat: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # (task id, attempt) whose row this worker still owns on purpose: running, or with an
+        # outcome queued but not yet written; anything else it owns is an orphan
+        self._inflight: set[tuple[int, int]] = set()
+        self._suspects: set[tuple[int, int]] = set()
 
     # --- control from other threads ------------------------------------------------------------
     @property
@@ -295,6 +304,7 @@ class Worker:
         )
         attempt = Attempt(row=row, registration=reg, task=task, state=state)
         self._active[row.id] = attempt
+        self._inflight.add((row.id, row.attempt))
         self._occupied += 1
         self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
         self._tasks.add(asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}"))
@@ -337,12 +347,16 @@ class Worker:
         current = asyncio.current_task()
         if current is not None:
             self._tasks.discard(current)
+        key = (a.row.id, a.row.attempt)
         if a.abandoned:
+            self._inflight.discard(key)
             self._settle_later(a)
             return
         change = self._outcome(a, inner, timed_out=not done)
         if change is not None:
-            self._completer.put(change)
+            self._completer.put(change).add_done_callback(lambda _: self._inflight.discard(key))
+        else:
+            self._inflight.discard(key)
         self._settle_later(a)
 
     def _settle_later(self, a: Attempt) -> None:
@@ -422,6 +436,7 @@ class Worker:
                 checked = dict(self._active)
                 owned = await self._db(self._store.heartbeat_tasks, self.worker_id, now)
                 self._fence_lost(checked, owned)
+                await self._recover_orphans(owned, now)
                 if now - last_worker >= settings.worker_heartbeat_interval:
                     last_worker = now
                     await self._worker_heartbeat(now, settings)
@@ -437,6 +452,23 @@ class Worker:
                 a.state.lost.set()
                 if isinstance(a.inner, asyncio.Task):
                     a.inner.cancel()
+
+    async def _recover_orphans(self, owned: Mapping[int, int], now: float) -> None:
+        """Give back rows this worker owns but does not run (e.g. a claim whose commit
+        succeeded while its acknowledgement was lost). A row must look orphaned on two
+        heartbeats in a row, so a claim still on its way to being launched is never taken."""
+        orphans = {(i, a) for i, a in owned.items() if (i, a) not in self._inflight}
+        confirmed, self._suspects = orphans & self._suspects, orphans - self._suspects
+        changes = []
+        for task_id, attempt in sorted(confirmed):
+            row = await self._db(self._store.get_task, task_id)
+            if row is not None and row.status == "running" and row.attempt == attempt:
+                log.warning(
+                    "task %s attempt %s was claimed but never run; releasing it", *row_key(row)
+                )
+                changes.append(lifecycle.recover(row, now, self.worker_id, "orphaned claim"))
+        if changes:
+            await self._db(self._store.apply, changes)
 
     async def _worker_heartbeat(self, now: float, settings: ManagerSettings) -> None:
         if self._registered_version != self._registry.version:
@@ -486,6 +518,7 @@ class Worker:
             await asyncio.sleep(0)
         now = time.time()
         for a in list(self._active.values()):
+            self._inflight.discard(row_key(a.row))
             a.abandoned = True
             a.state.lost.set()
             self._completer.put(lifecycle.recover(a.row, now, self.worker_id, "worker stopped"))

@@ -199,45 +199,55 @@ def _due_now(values: Any, now: float) -> bool:
 
 
 class _PipelinedCursor:
-    """A cursor in pipeline mode: statements are queued, results read only when needed.
+    """The store's cursor over a connection in pipeline mode: statements are queued and results
+    read only when needed.
 
-    Reading ``rowcount`` (the compare-and-set check) or fetching rows syncs the pipeline, so a
-    change's follow-up writes (events, attempt rows) travel with the next change's ``UPDATE``
-    instead of costing a round trip each.
+    Each statement runs on its own psycopg cursor (a pipelined cursor that ran several statements
+    may still hold an earlier one's result); ``rowcount`` and ``fetch*`` answer for the latest
+    statement after syncing the pipeline. So a change's follow-up writes (events, attempt rows)
+    travel with the next statement whose result is needed instead of costing a round trip each.
     """
 
-    def __init__(self, cur: psycopg.Cursor[Any], pipeline: psycopg.Pipeline) -> None:
-        self._cur = cur
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+        self._conn = conn
         self._pipeline = pipeline
+        self._last: psycopg.Cursor[Any] | None = None
+
+    def _latest(self) -> psycopg.Cursor[Any]:
+        if self._last is None:
+            raise psycopg.ProgrammingError("no statement was executed")
+        self._pipeline.sync()
+        return self._last
 
     @property
     def rowcount(self) -> int:
-        self._pipeline.sync()
-        return self._cur.rowcount
+        return self._latest().rowcount
+
+    @property
+    def lastrowid(self) -> Any:  # pragma: no cover - PostgreSQL uses RETURNING
+        raise NotImplementedError("use RETURNING id")
 
     def sync(self) -> None:
         """Send everything queued and wait for the results."""
         self._pipeline.sync()
 
     def new_cursor(self) -> psycopg.Cursor[Any]:
-        """Another cursor on the same connection (each keeps its own statement's result)."""
-        return self._cur.connection.cursor()
-
-    @property
-    def lastrowid(self) -> Any:  # pragma: no cover - PostgreSQL uses RETURNING
-        raise NotImplementedError("use RETURNING id")
+        """A cursor of its own for one statement whose result is read later."""
+        return self._conn.cursor()
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
-        return self._cur.execute(sql, params)
+        self._last = self._conn.cursor()
+        return self._last.execute(sql, params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any:
-        return self._cur.executemany(sql, params)
+        self._last = self._conn.cursor()
+        return self._last.executemany(sql, params)
 
     def fetchone(self) -> Any:
-        return self._cur.fetchone()
+        return self._latest().fetchone()
 
     def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
+        return self._latest().fetchall()
 
 
 class _Listener:
@@ -367,8 +377,9 @@ class PostgresStore(SqlStore):
         try:
             # leaving the pipeline sends everything queued; leaving pool.connection() then
             # commits (or rolls back on error)
-            with pool.connection() as conn, conn.pipeline() as pipeline, conn.cursor() as cur:
-                yield _PipelinedCursor(cur, pipeline)
+            with pool.connection() as conn, conn.pipeline() as pipeline:
+                cur = _PipelinedCursor(conn, pipeline)
+                yield cur
                 if self._local.notify:
                     cur.execute(f"NOTIFY {CHANNEL}")
         except psycopg.Error as exc:

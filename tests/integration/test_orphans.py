@@ -1,0 +1,47 @@
+"""A claim that committed but never reached the worker is given back, not left running."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from support.wait import wait_for_status
+from tideflow.core import lifecycle
+from tideflow.core.types import ClaimRequest
+
+
+def test_orphaned_claim_is_released_and_then_run(make_manager: Any) -> None:
+    tm = make_manager(task_heartbeat_interval=0.05, worker_heartbeat_interval=0.05)
+    tm.use("job", lambda task: "done")
+    tm.pause()
+    tm.start()
+    task_id = tm.submit("job")
+    # claim the row in the worker's name, as if the claim's reply had been lost on the way
+    now = time.time()
+    request = ClaimRequest(
+        worker_id=tm.worker_id,
+        now=now,
+        limit=1,
+        names={"job": None},
+        capabilities=frozenset(),
+        plan=lifecycle.claim(tm.worker_id, now),
+    )
+    (row,) = tm._store.claim(request)
+    assert (row.id, row.status) == (task_id, "running")
+    tm.resume()
+
+    info = wait_for_status(tm, task_id, "completed")
+    assert info.result == "done"
+    kinds = [e.event_type for e in tm.query_task_events(task_id).items]
+    assert kinds == [
+        "task_created",
+        "task_claimed",
+        "task_started",
+        "task_recovered",
+        "task_claimed",
+        "task_started",
+        "task_completed",
+    ]
+    outcomes = [a.outcome for a in tm.query_task_attempts(task_id).items]
+    assert outcomes == ["interrupted", "completed"]
+    assert info.retry_count == 0

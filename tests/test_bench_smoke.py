@@ -1,0 +1,44 @@
+"""Smoke test of the benchmark suite: a quick drain on SQLite prints the table and the JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_quick_drain_sqlite(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--only",
+            "drain",
+            "--stores",
+            "sqlite",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "drain_1proc" in proc.stdout
+    assert "ratio tideflow/peer" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["machine"]["cores"] >= 1
+    for scenario in ("drain_1proc", "drain_2proc"):
+        cell = data["results"][scenario]["sqlite"]
+        assert cell["unit"] == "tasks/s"
+        assert cell["tideflow"] is not None
+        assert cell["tideflow"] > 0
