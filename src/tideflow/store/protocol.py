@@ -58,6 +58,13 @@ class Store(Protocol):
     def apply(self, changes: Sequence[Change]) -> list[bool]:
         """Apply each change as compare-and-set, all in one transaction; say which held."""
 
+    def exchange(
+        self, changes: Sequence[Change], request: ClaimRequest | None
+    ) -> tuple[list[bool], list[TaskRow]]:
+        """Write ``changes`` (as :meth:`apply`), then claim (as :meth:`claim`), in ONE
+        transaction: the worker's hot path, so a finished batch and the next claim share a
+        commit."""
+
     def append_event(self, change: Change) -> int | None:
         """Apply a change that writes exactly one event; return the event id, or None if fenced."""
 

@@ -71,6 +71,43 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+INSERT_EVENT = (
+    f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
+    " worker_id, attempt, event_time, message, metadata)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+OPEN_ATTEMPT = (
+    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
+    " VALUES (?, ?, ?, ?, ?, ?, 0)"
+)
+CLOSE_ATTEMPT = (
+    f"UPDATE {A} SET ended_at = ?, outcome = ?, error = ?, timeout_flag = ?,"
+    " duration_seconds = ? - started_at WHERE task_id = ? AND attempt = ? AND ended_at IS NULL"
+)
+
+
+def open_params(change: Change) -> tuple[Any, ...]:
+    """Parameters of :data:`OPEN_ATTEMPT` for a change that opens an attempt."""
+    o = change.attempt_open
+    assert o is not None
+    return (change.task_id, change.root_id, o.attempt, o.worker_id, o.stage, o.started_at)
+
+
+def close_params(change: Change) -> tuple[Any, ...]:
+    """Parameters of :data:`CLOSE_ATTEMPT` for a change that closes an attempt."""
+    c = change.attempt_close
+    assert c is not None
+    return (
+        c.ended_at,
+        c.outcome,
+        c.error,
+        1 if c.timeout_flag else 0,
+        c.ended_at,
+        change.task_id,
+        c.attempt,
+    )
+
+
 def covers(requires: str | None, capabilities: str) -> bool:
     """True when every required capability (comma-joined) is among the offered ones."""
     if not requires:
@@ -176,11 +213,7 @@ class SqlStore:
         if not events:
             return
         cur.executemany(
-            self._q(
-                f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status,"
-                " to_status, stage, worker_id, attempt, event_time, message, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
+            self._q(INSERT_EVENT),
             [self._event_params(task_id, root_id, parent_id, e) for e in events],
         )
 
@@ -204,35 +237,90 @@ class SqlStore:
         )
 
     def claim(self, request: ClaimRequest) -> list[TaskRow]:
-        if request.limit <= 0 or not request.names:
-            return []
-        capped = sum(1 for v in request.names.values() if v is not None)
-        fetch = request.limit if not capped else request.limit * 2 + 16
-        claimed: list[TaskRow] = []
-        offered = ",".join(sorted(request.capabilities))
-        with self._write() as cur:
-            taken: dict[str, int] = {}
-            rows = self._claim_candidates(cur, request, fetch)
-            for raw in rows:
-                if len(claimed) >= request.limit:
-                    break
-                row = self._decode_task(raw)
-                if not self.capabilities_in_sql and not covers(row.requires, offered):
-                    continue
-                cap = request.names.get(row.name)
-                if cap is not None and taken.get(row.name, 0) >= cap:
-                    continue
-                change = request.plan(row)
-                if self._apply_one(cur, change):
-                    taken[row.name] = taken.get(row.name, 0) + 1
-                    claimed.append(row.with_values(change.values))
-        return claimed
+        return self.exchange((), request)[1]
 
     def apply(self, changes: Sequence[Change]) -> list[bool]:
         if not changes:
             return []
+        return self.exchange(changes, None)[0]
+
+    def exchange(
+        self, changes: Sequence[Change], request: ClaimRequest | None
+    ) -> tuple[list[bool], list[TaskRow]]:
+        if not changes and (request is None or request.limit <= 0 or not request.names):
+            return [], []
         with self._write() as cur:
-            return [self._apply_one(cur, c) for c in changes]
+            held = self._apply_batch(cur, changes) if changes else []
+            rows = self._claim_in(cur, request) if request is not None else []
+        return held, rows
+
+    def _claim_in(self, cur: Cursor, request: ClaimRequest) -> list[TaskRow]:
+        """Pick due candidates within the request's limits, then apply the claim plan to them."""
+        if request.limit <= 0 or not request.names:
+            return []
+        capped = any(v is not None for v in request.names.values())
+        fetch = request.limit if not capped else request.limit * 2 + 16
+        offered = ",".join(sorted(request.capabilities))
+        chosen: list[tuple[TaskRow, Change]] = []
+        taken: dict[str, int] = {}
+        for raw in self._claim_candidates(cur, request, fetch):
+            if len(chosen) >= request.limit:
+                break
+            row = self._decode_task(raw)
+            if not self.capabilities_in_sql and not covers(row.requires, offered):
+                continue
+            cap = request.names.get(row.name)
+            if cap is not None and taken.get(row.name, 0) >= cap:
+                continue
+            taken[row.name] = taken.get(row.name, 0) + 1
+            chosen.append((row, request.plan(row)))
+        held = self._apply_batch(cur, [change for _, change in chosen])
+        return [
+            row.with_values(change.values)
+            for (row, change), ok in zip(chosen, held, strict=True)
+            if ok
+        ]
+
+    def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Apply changes in order. Each compare-and-set runs at once; the event and attempt
+        rows of simple changes (no children, no fan-in) are inserted together at the end."""
+        results: list[bool] = []
+        events: list[tuple[Any, ...]] = []
+        opens: list[tuple[Any, ...]] = []
+        closes: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            if events:
+                cur.executemany(self._q(INSERT_EVENT), events)
+            if opens:
+                cur.executemany(self._q(OPEN_ATTEMPT), opens)
+            if closes:
+                cur.executemany(self._q(CLOSE_ATTEMPT), closes)
+            events.clear()
+            opens.clear()
+            closes.clear()
+
+        for change in changes:
+            if change.children or change.fan_in is not None:
+                flush()
+                results.append(self._apply_one(cur, change))
+                continue
+            held = self._compare_and_set(cur, change)
+            results.append(held)
+            if held:
+                events.extend(self._event_rows(change))
+                if change.attempt_open is not None:
+                    opens.append(open_params(change))
+                if change.attempt_close is not None:
+                    closes.append(close_params(change))
+        flush()
+        return results
+
+    def _event_rows(self, change: Change) -> list[tuple[Any, ...]]:
+        return [
+            self._event_params(change.task_id, change.root_id, change.parent_id, e)
+            for e in change.events
+        ]
 
     def append_event(self, change: Change) -> int | None:
         with self._write() as cur:
@@ -241,13 +329,12 @@ class SqlStore:
             (event,) = change.events
             return self._insert_id(
                 cur,
-                f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status,"
-                " to_status, stage, worker_id, attempt, event_time, message, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                INSERT_EVENT,
                 self._event_params(change.task_id, change.root_id, change.parent_id, event),
             )
 
-    def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
+    def _compare_and_set(self, cur: Cursor, change: Change) -> bool:
+        """The guarded UPDATE of one change; True when it held."""
         cols = list(change.values)
         params: list[Any] = [self._encode_value(c, change.values[c]) for c in cols]
         statuses = sorted(change.from_statuses)
@@ -271,6 +358,11 @@ class SqlStore:
                 change.fence,
             )
             return False
+        return True
+
+    def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
+        if not self._compare_and_set(cur, change):
+            return False
         new_events = change.events
         if change.children:
             child_ids = self._insert_many(cur, change.children)
@@ -283,32 +375,9 @@ class SqlStore:
         if events:
             self._insert_events(cur, change.task_id, change.root_id, change.parent_id, new_events)
         if change.attempt_open is not None:
-            o = change.attempt_open
-            cur.execute(
-                self._q(
-                    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at,"
-                    " timeout_flag) VALUES (?, ?, ?, ?, ?, ?, 0)"
-                ),
-                (change.task_id, change.root_id, o.attempt, o.worker_id, o.stage, o.started_at),
-            )
+            cur.execute(self._q(OPEN_ATTEMPT), open_params(change))
         if change.attempt_close is not None:
-            c = change.attempt_close
-            cur.execute(
-                self._q(
-                    f"UPDATE {A} SET ended_at = ?, outcome = ?, error = ?, timeout_flag = ?,"
-                    " duration_seconds = ? - started_at"
-                    " WHERE task_id = ? AND attempt = ? AND ended_at IS NULL"
-                ),
-                (
-                    c.ended_at,
-                    c.outcome,
-                    c.error,
-                    1 if c.timeout_flag else 0,
-                    c.ended_at,
-                    change.task_id,
-                    c.attempt,
-                ),
-            )
+            cur.execute(self._q(CLOSE_ATTEMPT), close_params(change))
         if change.fan_in is not None:
             self._fan_in(cur, change)
         return True

@@ -367,8 +367,7 @@ class MysqlStore(SqlStore):
 
     # --- operations retried on deadlock (each is one transaction) ------------------------------
     insert_tasks = _retrying(SqlStore.insert_tasks)
-    claim = _retrying(SqlStore.claim)
-    apply = _retrying(SqlStore.apply)
+    exchange = _retrying(SqlStore.exchange)
     append_event = _retrying(SqlStore.append_event)
     delete_tasks = _retrying(SqlStore.delete_tasks)
     heartbeat_tasks = _retrying(SqlStore.heartbeat_tasks)

@@ -21,19 +21,22 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from tideflow.core.types import Change, ClaimRequest, NewTask, TaskRow
+from tideflow.core.types import Change, ClaimRequest, NewTask
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
+    CLOSE_ATTEMPT,
     INSERT_COLUMNS,
+    INSERT_EVENT,
+    OPEN_ATTEMPT,
     TASK_SELECT,
-    A,
     Cursor,
-    E,
     SqlStore,
     T,
+    close_params,
+    open_params,
 )
 
 __all__ = ["CHANNEL", "PostgresStore"]
@@ -160,19 +163,6 @@ _INSERT_TASK = (
 _INSERT_UNIQUE = (
     _INSERT_TASK + " ON CONFLICT (unique_key)"
     f" WHERE unique_key IS NOT NULL AND status NOT IN ({_TERMINAL_SQL}) DO NOTHING RETURNING id"
-)
-_INSERT_EVENT = (
-    f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
-    " worker_id, attempt, event_time, message, metadata)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-_OPEN_ATTEMPT = (
-    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
-    " VALUES (%s, %s, %s, %s, %s, %s, 0)"
-)
-_CLOSE_ATTEMPT = (
-    f"UPDATE {A} SET ended_at = %s, outcome = %s, error = %s, timeout_flag = %s,"
-    " duration_seconds = %s - started_at WHERE task_id = %s AND attempt = %s AND ended_at IS NULL"
 )
 _CLAIM = (
     f"SELECT {TASK_SELECT} FROM {T}"
@@ -447,7 +437,7 @@ class PostgresStore(SqlStore):
         if rows:
             cur.executemany(_INSERT_TASK, rows)
         if events:
-            cur.executemany(_INSERT_EVENT, events)
+            cur.executemany(self._q(INSERT_EVENT), events)
         return ids
 
     def _insert_unique(self, cur: Cursor, params: list[Any], key: str) -> int | None:
@@ -466,41 +456,6 @@ class PostgresStore(SqlStore):
         raise StoreError(f"could not insert or find the open task with unique_key {key!r}")
 
     # --- batched compare-and-set ---------------------------------------------------------------
-    def claim(self, request: ClaimRequest) -> list[TaskRow]:
-        """As :meth:`SqlStore.claim`, with the chosen rows' writes sent as one batch.
-
-        The candidates are row-locked (``FOR UPDATE``), so their compare-and-set holds unless a
-        guard is wrong; the rows are picked first, then written in a few round trips.
-        """
-        if request.limit <= 0 or not request.names:
-            return []
-        capped = any(v is not None for v in request.names.values())
-        fetch = request.limit * 2 + 16 if capped else request.limit
-        with self._write() as cur:
-            chosen: list[tuple[TaskRow, Change]] = []
-            taken: dict[str, int] = {}
-            for raw in self._claim_candidates(cur, request, fetch):
-                if len(chosen) >= request.limit:
-                    break
-                row = self._decode_task(raw)
-                cap = request.names.get(row.name)
-                if cap is not None and taken.get(row.name, 0) >= cap:
-                    continue
-                taken[row.name] = taken.get(row.name, 0) + 1
-                chosen.append((row, request.plan(row)))
-            held = self._apply_batch(cur, [change for _, change in chosen])
-        return [
-            row.with_values(change.values)
-            for (row, change), ok in zip(chosen, held, strict=True)
-            if ok
-        ]
-
-    def apply(self, changes: Sequence[Change]) -> list[bool]:
-        if not changes:
-            return []
-        with self._write() as cur:
-            return self._apply_batch(cur, changes)
-
     def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
         """Apply changes in order, sending runs of simple ones (no children, no fan-in, each
         task once) together: all their compare-and-set UPDATEs in one round trip, then their
@@ -569,36 +524,19 @@ class PostgresStore(SqlStore):
                     change.fence,
                 )
                 continue
-            events += [
-                self._event_params(change.task_id, change.root_id, change.parent_id, e)
-                for e in change.events
-            ]
+            events += self._event_rows(change)
             if change.attempt_open is not None:
-                o = change.attempt_open
-                opens.append(
-                    (change.task_id, change.root_id, o.attempt, o.worker_id, o.stage, o.started_at)
-                )
+                opens.append(open_params(change))
             if change.attempt_close is not None:
-                a = change.attempt_close
-                closes.append(
-                    (
-                        a.ended_at,
-                        a.outcome,
-                        a.error,
-                        1 if a.timeout_flag else 0,
-                        a.ended_at,
-                        change.task_id,
-                        a.attempt,
-                    )
-                )
+                closes.append(close_params(change))
             if _due_now(change.values, now):
                 self._local.notify = True
         if events:
-            cur.executemany(_INSERT_EVENT, events)
+            cur.executemany(self._q(INSERT_EVENT), events)
         if opens:
-            cur.executemany(_OPEN_ATTEMPT, opens)
+            cur.executemany(self._q(OPEN_ATTEMPT), opens)
         if closes:
-            cur.executemany(_CLOSE_ATTEMPT, closes)
+            cur.executemany(self._q(CLOSE_ATTEMPT), closes)
         return held
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
