@@ -1,7 +1,10 @@
-"""Group commit: attempt outcomes queue up and are written in small fenced batches.
+"""Group commit: attempt outcomes queue up and are written in batches.
 
-Each change keeps its own compare-and-set guard, so batching never weakens fencing; a batch is one
-transaction. A database error is retried with backoff; nothing queued is dropped.
+The worker's loop takes whatever is queued and writes it in the same transaction as its next
+claim (``Store.exchange``), so a batch of outcomes and the next batch of work share one commit.
+Each change keeps its own compare-and-set guard, so batching never weakens fencing. When a
+batch cannot be written, its changes are retried one by one with backoff; nothing queued is
+dropped while the database can be reached at all.
 """
 
 from __future__ import annotations
@@ -13,70 +16,85 @@ from collections.abc import Awaitable, Callable, Sequence
 from tideflow.core.types import Change
 from tideflow.errors import StoreError
 
-__all__ = ["Completer"]
+__all__ = ["Completer", "Item"]
 
 log = logging.getLogger("tideflow.worker")
 
+Item = tuple[Change, "asyncio.Future[bool]"]
 ApplyFn = Callable[[Sequence[Change]], Awaitable[list[bool]]]
 
 
 class Completer:
-    """Batches :class:`Change` writes from many attempts into few transactions."""
+    """The queue of outcome writes and the futures that report whether each one held."""
 
     #: single-change attempts before an outcome is given up (about a minute of backoff)
     max_tries = 16
 
-    def __init__(self, apply: ApplyFn, *, max_batch: int = 512) -> None:
-        self._apply = apply
+    def __init__(self, on_put: Callable[[], None], *, max_batch: int = 1000) -> None:
+        self._on_put = on_put
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[Change, asyncio.Future[bool]]] = asyncio.Queue()
+        self._queue: list[Item] = []
+        self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     def put(self, change: Change) -> asyncio.Future[bool]:
         """Queue ``change``; the future says whether its guard held."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((change, future))
         self._idle.clear()
-        self._queue.put_nowait((change, future))
+        self._on_put()
         return future
+
+    def pending(self) -> bool:
+        """Whether changes are queued and not yet taken."""
+        return bool(self._queue)
+
+    def take(self) -> list[Item]:
+        """Take up to one batch of queued changes; :meth:`resolve` must follow."""
+        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+        if batch:
+            self._in_flight += 1
+        return batch
+
+    def resolve(self, batch: list[Item], held: Sequence[bool]) -> None:
+        """Report the outcome of a taken batch."""
+        for (_, future), ok in zip(batch, held, strict=True):
+            if not future.done():
+                future.set_result(ok)
+        self._done(batch)
+
+    def _done(self, batch: list[Item]) -> None:
+        if batch:
+            self._in_flight -= 1
+        if not self._queue and not self._in_flight:
+            self._idle.set()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written."""
-        while not (self._queue.empty() and self._idle.is_set()):
+        while not self._idle.is_set():
             await self._idle.wait()
 
-    async def run(self) -> None:
-        """Write batches until cancelled."""
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
-            if self._queue.empty():
-                self._idle.set()
-
-    async def _write(self, batch: list[tuple[Change, asyncio.Future[bool]]]) -> None:
-        delay = 0.05
-        for attempt in range(self.max_tries):
-            try:
-                results = await self._apply([c for c, _ in batch])
-                break
-            except StoreError as exc:
-                if len(batch) > 1:
-                    # one bad change must not hold back the others: write them one by one
-                    for item in batch:
-                        await self._write([item])
-                    return
-                if attempt == self.max_tries - 1:
-                    log.error(
-                        "giving up writing the outcome of task %s: %s", batch[0][0].task_id, exc
-                    )
-                    if not batch[0][1].done():
-                        batch[0][1].set_exception(exc)
-                    return
-                log.warning("writing a task outcome failed, retrying in %.2fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        for (_, future), held in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(held)
+    async def write_each(self, batch: list[Item], apply: ApplyFn) -> None:
+        """Write a taken batch change by change, retrying each with backoff."""
+        for change, future in batch:
+            delay = 0.05
+            for attempt in range(self.max_tries):
+                try:
+                    (held,) = await apply([change])
+                except StoreError as exc:
+                    if attempt == self.max_tries - 1:
+                        log.error(
+                            "giving up writing the outcome of task %s: %s", change.task_id, exc
+                        )
+                        if not future.done():
+                            future.set_exception(exc)
+                        break
+                    log.warning("writing a task outcome failed, retrying in %.2fs: %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                else:
+                    if not future.done():
+                        future.set_result(held)
+                    break
+        self._done(batch)

@@ -72,7 +72,8 @@ class Attempt:
     registration: Registration
     task: Task
     state: AttemptState
-    inner: asyncio.Future[Any] | None = None
+    inner: asyncio.Future[Any] | None = None  # a sync handler's future in the thread pool
+    runner: asyncio.Task[None] | None = None  # the coroutine that runs and settles it
     abandoned: bool = False
     settled: bool = False
 
@@ -97,6 +98,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._closing = False
         self._stop_timeout = 30.0
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -204,7 +206,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._beat = asyncio.Event()
-        self._completer = Completer(lambda changes: self._db(self._store.apply, changes))
+        self._completer = Completer(self._poke)
         try:
             await self._db(self._store.register_worker, self._worker_row(time.time()))
         except BaseException as exc:
@@ -213,13 +215,13 @@ class Worker:
             return
         self._started.set()
         unsubscribe = self._store.subscribe(self.notify)
-        background = [
-            asyncio.create_task(self._completer.run(), name="tideflow-completer"),
-            asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat"),
-        ]
-        claimer = asyncio.create_task(self._claim_loop(), name="tideflow-claim")
+        background = [asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat")]
+        syncer = asyncio.create_task(self._sync_loop(), name="tideflow-sync")
         await self._stop_requested.wait()
-        await self._shutdown(claimer)
+        await self._shutdown()
+        self._closing = True
+        self._poke()
+        await syncer
         if unsubscribe is not None:
             unsubscribe()
         for task in background:
@@ -272,25 +274,38 @@ class Worker:
             plan=lifecycle.claim(self.worker_id, now),
         )
 
-    async def _claim_loop(self) -> None:
-        while not self._stopping:
+    async def _sync_loop(self) -> None:
+        """Write queued outcomes and claim new work, together, until the worker closes."""
+        while not self._closing:
             poll = self._settings().poll_interval
-            request = None if self._paused else self._claim_request(time.time())
-            if request is None:
+            batch = self._completer.take()
+            request = None
+            if not (self._paused or self._stopping):
+                request = self._claim_request(time.time())
+            if not batch and request is None:
                 await self._sleep(poll)
                 continue
             try:
-                rows = await self._db(self._store.claim, request)
+                held, rows = await self._db(
+                    self._store.exchange, [change for change, _ in batch], request
+                )
             except Exception as exc:
-                log.warning("claiming tasks failed, retrying after %.2fs: %s", poll, exc)
+                log.warning("writing outcomes or claiming failed, retrying: %s", exc)
+                if batch:
+                    await self._completer.write_each(
+                        batch, lambda changes: self._db(self._store.apply, changes)
+                    )
                 await self._sleep(poll)
                 continue
+            self._completer.resolve(batch, held)
             for row in rows:
                 self._launch(row)
-            if len(rows) < request.limit:
-                await self._sleep(poll)
-            else:
+            if self._completer.pending():
+                continue
+            if request is not None and len(rows) >= request.limit:
                 await asyncio.sleep(0)
+                continue
+            await self._sleep(poll)
 
     def _launch(self, row: TaskRow) -> None:
         reg = self._registry.get(row.name)
@@ -307,7 +322,8 @@ class Worker:
         self._inflight.add((row.id, row.attempt))
         self._occupied += 1
         self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
-        self._tasks.add(asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}"))
+        attempt.runner = asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}")
+        self._tasks.add(attempt.runner)
 
     def _initial_result(self, row: TaskRow) -> Any:
         if row.stage > 0 and row.total_children > 0:
@@ -327,37 +343,65 @@ class Worker:
         self._poke()
 
     async def _execute(self, a: Attempt) -> None:
-        loop = asyncio.get_running_loop()
         reg, task = a.registration, a.task
         args = (task, task.next) if reg.takes_next else (task,)
-        inner: asyncio.Future[Any]
-        if reg.is_async:
-            inner = loop.create_task(reg.handler(*args))
-        else:
-            inner = loop.run_in_executor(self._pool, lambda: reg.handler(*args))
-        a.inner = inner
         remaining = max(0.0, a.state.deadline - time.monotonic())
-        try:
-            done, _ = await asyncio.wait({inner}, timeout=remaining)
-        except asyncio.CancelledError:
-            if not a.abandoned:
-                raise
-            done = set()
+        value: Any = None
+        error: BaseException | None = None
+        timed_out = False
+        if reg.is_async:
+            try:
+                async with asyncio.timeout(remaining) as scope:
+                    value = await reg.handler(*args)
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    if not a.abandoned:
+                        raise  # the worker itself is being torn down
+                else:
+                    error = exc  # raised by the handler itself: a failure like any other
+            except TimeoutError as exc:
+                timed_out = scope.expired()
+                error = None if timed_out else exc
+            except Exception as exc:
+                error = exc
+        else:
+            inner = asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: reg.handler(*args)
+            )
+            a.inner = inner
+            try:
+                done, _ = await asyncio.wait({inner}, timeout=remaining)
+            except asyncio.CancelledError:
+                if not a.abandoned:
+                    raise
+                done = set()
+            if done:
+                try:
+                    value = inner.result()
+                except Exception as exc:
+                    error = exc
+            else:
+                timed_out = True
+        self._finish(a, value, error, timed_out)
+
+    def _finish(self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool) -> None:
         self._active.pop(a.row.id, None)
         current = asyncio.current_task()
         if current is not None:
             self._tasks.discard(current)
-        key = (a.row.id, a.row.attempt)
-        if a.abandoned:
+        key = row_key(a.row)
+        change = None if a.abandoned else self._outcome(a, value, error, timed_out)
+        if change is None:
             self._inflight.discard(key)
-            self._settle_later(a)
-            return
-        change = self._outcome(a, inner, timed_out=not done)
-        if change is not None:
-            self._completer.put(change).add_done_callback(lambda _: self._inflight.discard(key))
         else:
-            self._inflight.discard(key)
+            self._completer.put(change).add_done_callback(lambda f: self._written(key, f))
         self._settle_later(a)
+
+    def _written(self, key: tuple[int, int], future: asyncio.Future[bool]) -> None:
+        self._inflight.discard(key)
+        if not future.cancelled() and future.exception() is None and not future.result():
+            log.info("the outcome of task %s attempt %s was fenced off", *key)
 
     def _settle_later(self, a: Attempt) -> None:
         """Free the slot when the handler has really returned (a sync one may run on)."""
@@ -376,30 +420,25 @@ class Worker:
         if not inner.cancelled():
             inner.exception()  # retrieved: no "never retrieved" warning
 
-    def _outcome(self, a: Attempt, inner: asyncio.Future[Any], *, timed_out: bool) -> Change | None:
+    def _outcome(
+        self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool
+    ) -> Change | None:
         row, settings = a.row, self._settings()
         now = time.time()
         if timed_out:
             a.state.timed_out.set()
-            error = (
+            message = (
                 f"TaskTimeoutError: task {row.id} ({row.name}) ran past its timeout"
                 f" of {row.timeout:g} s"
             )
-            return lifecycle.fail(row, error, now, self._rng, timed_out=True)
-        try:
-            value = inner.result()
-        except asyncio.CancelledError:
-            error = "CancelledError: the handler was cancelled"
-            return lifecycle.fail(row, error, now, self._rng)
-        except OwnershipLostError:
-            log.info(
-                "task %s attempt %s lost ownership; its outcome is dropped", row.id, row.attempt
-            )
+            return lifecycle.fail(row, message, now, self._rng, timed_out=True)
+        if isinstance(error, OwnershipLostError):
+            log.info("task %s attempt %s lost ownership; its outcome is dropped", *row_key(row))
             return None
-        except TaskTimeoutError as exc:
-            return lifecycle.fail(row, format_error(exc), now, self._rng, timed_out=True)
-        except Exception as exc:
-            return lifecycle.fail(row, format_error(exc), now, self._rng)
+        if isinstance(error, TaskTimeoutError):
+            return lifecycle.fail(row, format_error(error), now, self._rng, timed_out=True)
+        if error is not None:
+            return lifecycle.fail(row, format_error(error), now, self._rng)
         try:
             if isinstance(value, Next):
                 children = workflow.plan_children(
@@ -450,8 +489,8 @@ class Worker:
                 log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
                 a.abandoned = True
                 a.state.lost.set()
-                if isinstance(a.inner, asyncio.Task):
-                    a.inner.cancel()
+                if a.runner is not None:
+                    a.runner.cancel()
 
     async def _recover_orphans(self, owned: Mapping[int, int], now: float) -> None:
         """Give back rows this worker owns but does not run (e.g. a claim whose commit
@@ -507,14 +546,12 @@ class Worker:
         await self._db(self._store.apply, changes)
 
     # --- stopping ------------------------------------------------------------------------------
-    async def _shutdown(self, claimer: asyncio.Task[None]) -> None:
+    async def _shutdown(self) -> None:
         self._poke()
-        with contextlib.suppress(asyncio.CancelledError):
-            await claimer
         deadline = time.monotonic() + self._stop_timeout
         while self._active and time.monotonic() < deadline:
-            inners = [a.inner for a in self._active.values() if a.inner is not None]
-            await asyncio.wait(inners, timeout=max(0.0, deadline - time.monotonic()))
+            runners = [a.runner for a in self._active.values() if a.runner is not None]
+            await asyncio.wait(runners, timeout=max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(0)
         now = time.time()
         for a in list(self._active.values()):
@@ -522,9 +559,8 @@ class Worker:
             a.abandoned = True
             a.state.lost.set()
             self._completer.put(lifecycle.recover(a.row, now, self.worker_id, "worker stopped"))
-            if isinstance(a.inner, asyncio.Task):
-                a.inner.cancel()
-        self._active.clear()
+            if a.runner is not None:
+                a.runner.cancel()
         await asyncio.sleep(0)
         await self._completer.flush()
         try:
