@@ -27,12 +27,12 @@ from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
-    CLOSE_ATTEMPT,
     INSERT_COLUMNS,
     INSERT_EVENT,
-    OPEN_ATTEMPT,
     TASK_SELECT,
+    A,
     Cursor,
+    E,
     SqlStore,
     T,
     close_params,
@@ -169,6 +169,49 @@ _CLAIM = (
     f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= %s AND name = ANY(%s)"
     " AND (requires IS NULL OR string_to_array(requires, ',') <@ %s::text[])"
     " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+
+
+def _column_types(ddl: str) -> dict[str, str]:
+    types = {"INTEGER": "integer", "BIGINT": "bigint", "BIGSERIAL": "bigint", "TEXT": "text"}
+    types |= {"DOUBLE PRECISION": "float8", "BYTEA": "bytea"}
+    found: dict[str, str] = {}
+    for line in ddl.splitlines():
+        parts = line.strip().rstrip(",").split(" ", 1)
+        if len(parts) == 2:
+            for sql_type, array_type in types.items():
+                if parts[1].startswith(sql_type):
+                    found[parts[0]] = array_type
+    return found
+
+
+#: the array element type of each task column, for ``unnest`` batches
+_COLUMN_TYPES = _column_types(MIGRATIONS[1][0])
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows to one list per column (the arrays ``unnest`` zips back into rows)."""
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+_INSERT_EVENTS = (
+    f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
+    " worker_id, attempt, event_time, message, metadata) SELECT * FROM unnest(%s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[],"
+    " %s::integer[], %s::float8[], %s::text[], %s::text[])"
+)
+_OPEN_ATTEMPTS = (
+    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
+    " SELECT *, 0 FROM unnest(%s::bigint[], %s::bigint[], %s::integer[], %s::text[],"
+    " %s::integer[], %s::float8[])"
+)
+_CLOSE_ATTEMPTS = (
+    f"UPDATE {A} AS a SET ended_at = v.ended_at, outcome = v.outcome, error = v.error,"
+    " timeout_flag = v.timeout_flag, duration_seconds = v.ended2 - a.started_at"
+    " FROM unnest(%s::float8[], %s::text[], %s::text[], %s::integer[], %s::float8[],"
+    " %s::bigint[], %s::integer[])"
+    " AS v(ended_at, outcome, error, timeout_flag, ended2, task_id, attempt)"
+    " WHERE a.task_id = v.task_id AND a.attempt = v.attempt AND a.ended_at IS NULL"
 )
 
 
@@ -487,30 +530,52 @@ class PostgresStore(SqlStore):
         return results
 
     def _apply_simple(self, cur: _PipelinedCursor, changes: Sequence[Change]) -> list[bool]:
-        # the same statements as SqlStore._apply_one, batched
-        cursors = []
-        for change in changes:
-            cols = list(change.values)
-            params: list[Any] = [self._encode_value(c, change.values[c]) for c in cols]
-            statuses = sorted(change.from_statuses)
-            sql = (
-                f"UPDATE {T} SET {', '.join(f'{c} = %s' for c in cols)}"
-                f" WHERE id = %s AND status = ANY(%s)"
+        """Set-based twin of :meth:`SqlStore._apply_one` for simple changes: one guarded
+        ``UPDATE ... FROM unnest(...)`` per shape of change, then one INSERT of all events and
+        one statement per attempt action, whatever the batch size."""
+        shapes: dict[tuple[Any, ...], list[int]] = {}
+        for i, change in enumerate(changes):
+            shape = (
+                tuple(change.values),
+                tuple(sorted(change.from_statuses)),
+                change.fence is not None,
+                change.stage is not None,
             )
-            params += [change.task_id, statuses]
-            if change.fence is not None:
-                sql += " AND worker_id = %s AND attempt = %s"
-                params += [change.fence.worker_id, change.fence.attempt]
-            if change.stage is not None:
-                sql += " AND stage = %s"
-                params.append(change.stage)
+            shapes.setdefault(shape, []).append(i)
+        pending = []
+        for (cols, statuses, fenced, staged), idxs in shapes.items():
+            group = [changes[i] for i in idxs]
+            arrays: list[list[Any]] = [[c.task_id for c in group]]
+            types = ["bigint"]
+            for col in cols:
+                arrays.append([self._encode_value(col, c.values[col]) for c in group])
+                types.append(_COLUMN_TYPES[col])
+            guard = ""
+            if fenced:
+                arrays.append([c.fence.worker_id for c in group])  # type: ignore[union-attr]
+                arrays.append([c.fence.attempt for c in group])  # type: ignore[union-attr]
+                types += ["text", "integer"]
+                guard += f" AND t.worker_id = v.c{len(cols)} AND t.attempt = v.c{len(cols) + 1}"
+            if staged:
+                arrays.append([c.stage for c in group])
+                types.append("integer")
+                guard += f" AND t.stage = v.c{len(types) - 2}"
+            aliases = ", ".join(f"c{k}" for k in range(len(types) - 1))
+            sql = (
+                f"UPDATE {T} AS t SET {', '.join(f'{col} = v.c{k}' for k, col in enumerate(cols))}"
+                f" FROM unnest({', '.join(f'%s::{ty}[]' for ty in types)}) AS v(id, {aliases})"
+                f" WHERE t.id = v.id AND t.status = ANY(%s){guard} RETURNING t.id"
+            )
             c = cur.new_cursor()
-            c.execute(sql, params)
-            cursors.append(c)
+            c.execute(sql, [*arrays, list(statuses)])
+            pending.append((idxs, c))
         cur.sync()
-        held = [c.rowcount == 1 for c in cursors]
-        for c in cursors:
+        held = [False] * len(changes)
+        for idxs, c in pending:
+            ids = {int(r[0]) for r in c.fetchall()}
             c.close()
+            for i in idxs:
+                held[i] = changes[i].task_id in ids
         now = time.time()
         events: list[tuple[Any, ...]] = []
         opens: list[tuple[Any, ...]] = []
@@ -532,11 +597,11 @@ class PostgresStore(SqlStore):
             if _due_now(change.values, now):
                 self._local.notify = True
         if events:
-            cur.executemany(self._q(INSERT_EVENT), events)
+            cur.execute(_INSERT_EVENTS, _columns(events))
         if opens:
-            cur.executemany(self._q(OPEN_ATTEMPT), opens)
+            cur.execute(_OPEN_ATTEMPTS, _columns(opens))
         if closes:
-            cur.executemany(self._q(CLOSE_ATTEMPT), closes)
+            cur.execute(_CLOSE_ATTEMPTS, _columns(closes))
         return held
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
