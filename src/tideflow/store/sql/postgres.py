@@ -11,6 +11,7 @@ the fallback).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -185,33 +186,43 @@ def _column_types(ddl: str) -> dict[str, str]:
     return found
 
 
-#: the array element type of each task column, for ``unnest`` batches
+#: the SQL type of each task column, for batched writes
 _COLUMN_TYPES = _column_types(MIGRATIONS[1][0])
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows to one list per column (the arrays ``unnest`` zips back into rows)."""
-    return [list(col) for col in zip(*rows, strict=True)]
+def _json(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as one JSON array of arrays: a single parameter however many rows (bytes as hex)."""
+    return json.dumps(rows, separators=(",", ":"), default=bytes.hex)
 
 
+def _json_rows(types: Sequence[str]) -> str:
+    """A SELECT turning the JSON parameter of :func:`_json` back into typed columns c0, c1..."""
+    cols = ", ".join(
+        f"decode(e->>{k}, 'hex') AS c{k}" if ty == "bytea" else f"(e->>{k})::{ty} AS c{k}"
+        for k, ty in enumerate(types)
+    )
+    return f"SELECT {cols} FROM json_array_elements(%s::json) AS e"
+
+
+_EVENT_TYPES = (
+    "bigint", "bigint", "bigint", "text", "text", "text", "integer", "text", "integer",
+    "float8", "text", "text",
+)  # fmt: skip
 _INSERT_EVENTS = (
     f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
-    " worker_id, attempt, event_time, message, metadata) SELECT * FROM unnest(%s::bigint[],"
-    " %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[],"
-    " %s::integer[], %s::float8[], %s::text[], %s::text[])"
+    f" worker_id, attempt, event_time, message, metadata) {_json_rows(_EVENT_TYPES)}"
 )
 _OPEN_ATTEMPTS = (
     f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
-    " SELECT *, 0 FROM unnest(%s::bigint[], %s::bigint[], %s::integer[], %s::text[],"
-    " %s::integer[], %s::float8[])"
+    " SELECT *, 0 FROM ("
+    + _json_rows(("bigint", "bigint", "integer", "text", "integer", "float8"))
+    + ") AS v"
 )
 _CLOSE_ATTEMPTS = (
-    f"UPDATE {A} AS a SET ended_at = v.ended_at, outcome = v.outcome, error = v.error,"
-    " timeout_flag = v.timeout_flag, duration_seconds = v.ended2 - a.started_at"
-    " FROM unnest(%s::float8[], %s::text[], %s::text[], %s::integer[], %s::float8[],"
-    " %s::bigint[], %s::integer[])"
-    " AS v(ended_at, outcome, error, timeout_flag, ended2, task_id, attempt)"
-    " WHERE a.task_id = v.task_id AND a.attempt = v.attempt AND a.ended_at IS NULL"
+    f"UPDATE {A} AS a SET ended_at = v.c0, outcome = v.c1, error = v.c2, timeout_flag = v.c3,"
+    " duration_seconds = v.c4 - a.started_at FROM ("
+    + _json_rows(("float8", "text", "text", "integer", "float8", "bigint", "integer"))
+    + ") AS v WHERE a.task_id = v.c5 AND a.attempt = v.c6 AND a.ended_at IS NULL"
 )
 
 
@@ -545,35 +556,36 @@ class PostgresStore(SqlStore):
         pending = []
         for (cols, statuses, fenced, staged), idxs in shapes.items():
             group = [changes[i] for i in idxs]
-            arrays: list[list[Any]] = [[c.task_id for c in group]]
-            types = ["bigint"]
-            for col in cols:
-                arrays.append([self._encode_value(col, c.values[col]) for c in group])
-                types.append(_COLUMN_TYPES[col])
+            types = ["bigint", *(_COLUMN_TYPES[col] for col in cols)]
+            rows: list[list[Any]] = [
+                [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
+                for c in group
+            ]
             guard = ""
             if fenced:
-                arrays.append([c.fence.worker_id for c in group])  # type: ignore[union-attr]
-                arrays.append([c.fence.attempt for c in group])  # type: ignore[union-attr]
+                for row, c in zip(rows, group, strict=True):
+                    assert c.fence is not None
+                    row += [c.fence.worker_id, c.fence.attempt]
                 types += ["text", "integer"]
-                guard += f" AND t.worker_id = v.c{len(cols)} AND t.attempt = v.c{len(cols) + 1}"
+                guard += f" AND t.worker_id = v.c{len(cols) + 1} AND t.attempt = v.c{len(cols) + 2}"
             if staged:
-                arrays.append([c.stage for c in group])
+                for row, c in zip(rows, group, strict=True):
+                    row.append(c.stage)
                 types.append("integer")
-                guard += f" AND t.stage = v.c{len(types) - 2}"
-            aliases = ", ".join(f"c{k}" for k in range(len(types) - 1))
+                guard += f" AND t.stage = v.c{len(types) - 1}"
+            sets = ", ".join(f"{col} = v.c{k + 1}" for k, col in enumerate(cols))
             sql = (
-                f"UPDATE {T} AS t SET {', '.join(f'{col} = v.c{k}' for k, col in enumerate(cols))}"
-                f" FROM unnest({', '.join(f'%s::{ty}[]' for ty in types)}) AS v(id, {aliases})"
-                f" WHERE t.id = v.id AND t.status = ANY(%s){guard} RETURNING t.id"
+                f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
+                f" WHERE t.id = v.c0 AND t.status = ANY(%s){guard} RETURNING t.id"
             )
-            c = cur.new_cursor()
-            c.execute(sql, [*arrays, list(statuses)])
-            pending.append((idxs, c))
+            update = cur.new_cursor()
+            update.execute(sql, [_json(rows), list(statuses)])
+            pending.append((idxs, update))
         cur.sync()
         held = [False] * len(changes)
-        for idxs, c in pending:
-            ids = {int(r[0]) for r in c.fetchall()}
-            c.close()
+        for idxs, update in pending:
+            ids = {int(r[0]) for r in update.fetchall()}
+            update.close()
             for i in idxs:
                 held[i] = changes[i].task_id in ids
         now = time.time()
@@ -597,11 +609,11 @@ class PostgresStore(SqlStore):
             if _due_now(change.values, now):
                 self._local.notify = True
         if events:
-            cur.execute(_INSERT_EVENTS, _columns(events))
+            cur.execute(_INSERT_EVENTS, (_json(events),))
         if opens:
-            cur.execute(_OPEN_ATTEMPTS, _columns(opens))
+            cur.execute(_OPEN_ATTEMPTS, (_json(opens),))
         if closes:
-            cur.execute(_CLOSE_ATTEMPTS, _columns(closes))
+            cur.execute(_CLOSE_ATTEMPTS, (_json(closes),))
         return held
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
