@@ -99,6 +99,8 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
         self._closing = False
+        self._claiming = False
+        self._outcomes: asyncio.Event | None = None
         self._stop_timeout = 30.0
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -107,7 +109,7 @@ class Worker:
         self._active: dict[int, Attempt] = {}
         self._occupied = 0
         self._by_name: dict[str, int] = {}
-        self._db_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tideflow-db")
+        self._db_pool = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="tideflow-db")
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1024, thread_name_prefix="tideflow-handler"
         )
@@ -182,6 +184,11 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._poke)
 
+    def _outcome_queued(self) -> None:
+        self._poke()
+        if self._outcomes is not None:
+            self._outcomes.set()
+
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -206,7 +213,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._beat = asyncio.Event()
-        self._completer = Completer(self._poke)
+        self._outcomes = asyncio.Event()
+        self._completer = Completer(self._outcome_queued)
         try:
             await self._db(self._store.register_worker, self._worker_row(time.time()))
         except BaseException as exc:
@@ -217,11 +225,14 @@ class Worker:
         unsubscribe = self._store.subscribe(self.notify)
         background = [asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat")]
         syncer = asyncio.create_task(self._sync_loop(), name="tideflow-sync")
+        writer = asyncio.create_task(self._write_loop(), name="tideflow-write")
         await self._stop_requested.wait()
         await self._shutdown()
         self._closing = True
         self._poke()
         await syncer
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
         if unsubscribe is not None:
             unsubscribe()
         for task in background:
@@ -285,19 +296,14 @@ class Worker:
             if not batch and request is None:
                 await self._sleep(poll)
                 continue
+            self._claiming = True
             try:
-                held, rows = await self._db(
-                    self._store.exchange, [change for change, _ in batch], request
-                )
-            except Exception as exc:
-                log.warning("writing outcomes or claiming failed, retrying: %s", exc)
-                if batch:
-                    await self._completer.write_each(
-                        batch, lambda changes: self._db(self._store.apply, changes)
-                    )
+                rows = await self._exchange(batch, request)
+            finally:
+                self._claiming = False
+            if rows is None:
                 await self._sleep(poll)
                 continue
-            self._completer.resolve(batch, held)
             for row in rows:
                 self._launch(row)
             if self._completer.pending():
@@ -306,6 +312,34 @@ class Worker:
                 await asyncio.sleep(0)
                 continue
             await self._sleep(poll)
+
+    async def _write_loop(self) -> None:
+        """While a claim is on its way, write the outcomes that queue up meanwhile in a second
+        transaction, so finishing work never waits behind claiming it."""
+        assert self._outcomes is not None
+        while not self._closing:
+            await self._outcomes.wait()
+            self._outcomes.clear()
+            while self._claiming and self._completer.pending():
+                await self._exchange(self._completer.take(), None)
+
+    async def _exchange(
+        self, batch: list[tuple[Change, asyncio.Future[bool]]], request: ClaimRequest | None
+    ) -> list[TaskRow] | None:
+        """One transaction: write ``batch``, then claim; None when it failed."""
+        try:
+            held, rows = await self._db(
+                self._store.exchange, [change for change, _ in batch], request
+            )
+        except Exception as exc:
+            log.warning("writing outcomes or claiming failed, retrying: %s", exc)
+            if batch:
+                await self._completer.write_each(
+                    batch, lambda changes: self._db(self._store.apply, changes)
+                )
+            return None
+        self._completer.resolve(batch, held)
+        return rows
 
     def _launch(self, row: TaskRow) -> None:
         reg = self._registry.get(row.name)
