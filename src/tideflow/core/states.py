@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable
 
 from tideflow.errors import InvalidTransitionError
@@ -150,6 +151,7 @@ TRANSITIONS: tuple[Transition, ...] = (
 # fmt: on
 
 
+@functools.lru_cache(maxsize=512)
 def transition(trigger: Trigger, source: str, facts: Facts = Facts()) -> Transition:
     """Return the row for ``trigger`` from ``source`` whose guard holds, or raise."""
     for row in TRANSITIONS:

@@ -421,9 +421,8 @@ class Worker:
 
     def _finish(self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool) -> None:
         self._active.pop(a.row.id, None)
-        current = asyncio.current_task()
-        if current is not None:
-            self._tasks.discard(current)
+        if a.runner is not None:
+            self._tasks.discard(a.runner)
         key = row_key(a.row)
         change = None if a.abandoned else self._outcome(a, value, error, timed_out)
         if change is None:
@@ -460,7 +459,7 @@ class Worker:
         row, settings = a.row, self._settings()
         now = time.time()
         if timed_out:
-            a.state.timed_out.set()
+            a.state.timed_out = True
             message = (
                 f"TaskTimeoutError: task {row.id} ({row.name}) ran past its timeout"
                 f" of {row.timeout:g} s"
@@ -522,7 +521,7 @@ class Worker:
             if self._active.get(task_id) is a and owned.get(task_id) != a.row.attempt:
                 log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
                 a.abandoned = True
-                a.state.lost.set()
+                a.state.lost = True
                 if a.runner is not None:
                     a.runner.cancel()
 
@@ -591,7 +590,7 @@ class Worker:
         for a in list(self._active.values()):
             self._inflight.discard(row_key(a.row))
             a.abandoned = True
-            a.state.lost.set()
+            a.state.lost = True
             self._completer.put(lifecycle.recover(a.row, now, self.worker_id, "worker stopped"))
             if a.runner is not None:
                 a.runner.cancel()

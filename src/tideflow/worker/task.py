@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,12 +33,15 @@ class Suspend:
 
 
 class AttemptState:
-    """Flags one attempt shares between its handler and the worker."""
+    """Flags one attempt shares between its handler and the worker (plain attributes: each is
+    only ever switched on, and reading a bool is atomic)."""
+
+    __slots__ = ("deadline", "lost", "timed_out")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline  # time.monotonic() value
-        self.timed_out = threading.Event()
-        self.lost = threading.Event()
+        self.timed_out = False
+        self.lost = False
 
 
 def _context(value: bytes | bytearray | memoryview | str | None) -> bytes | None:
@@ -124,13 +126,13 @@ class Task:
 
     def check_timeout(self) -> None:
         """Raise if this attempt is past its timeout or no longer owns the task."""
-        if self._state.lost.is_set():
+        if self._state.lost:
             raise OwnershipLostError(
                 f"task {self.id} attempt {self.attempt} no longer owns the task"
                 " (it was recovered, cancelled, paused or timed out); stop working on it"
             )
-        if self._state.timed_out.is_set() or time.monotonic() > self._state.deadline:
-            self._state.timed_out.set()
+        if self._state.timed_out or time.monotonic() > self._state.deadline:
+            self._state.timed_out = True
             raise TaskTimeoutError(
                 f"task {self.id} ({self.name}) ran past its timeout of {self.timeout:g} s"
             )
@@ -181,14 +183,14 @@ class Task:
     def _emit(
         self, event_type: str, message: str | None, meta: dict[str, Any], values: dict[str, Any]
     ) -> int:
-        if self._state.lost.is_set():
+        if self._state.lost:
             self.check_timeout()
         change = lifecycle.annotate(
             self._row, time.time(), event_type, message=message, metadata=meta, values=values
         )
         event_id = self._write(change)
         if event_id is None:
-            self._state.lost.set()
+            self._state.lost = True
             self.check_timeout()
             raise OwnershipLostError(f"task {self.id} attempt {self.attempt} was fenced off")
         return event_id
