@@ -24,22 +24,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pymysql
 from pymysql.constants import CLIENT
 
-from tideflow.core.types import ClaimRequest, NewTask
+from tideflow.core.types import Change, ClaimRequest, NewTask
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
-from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
+from tideflow.store.sql.base import (
+    CLAIMABLE,
+    INSERT_EVENT,
+    OPEN_ATTEMPT,
+    TASK_SELECT,
+    A,
+    Cursor,
+    SqlStore,
+    T,
+    close_params,
+    open_params,
+)
 
 __all__ = ["MysqlStore"]
 
@@ -177,6 +189,7 @@ class _TransientError(StoreError):
 
 
 P = ParamSpec("P")
+log = logging.getLogger("tideflow.store")
 R = TypeVar("R")
 
 
@@ -197,6 +210,13 @@ def _retrying(
         raise AssertionError("unreachable")
 
     return run
+
+
+def _values_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """A derived table of literal rows (``SELECT %s AS a, ... UNION ALL SELECT ...``)."""
+    first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
+    rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
+    return first + rest * (len(rows) - 1), [v for row in rows for v in row]
 
 
 class _Pool:
@@ -393,6 +413,115 @@ class MysqlStore(SqlStore):
             if found is None:
                 raise
             return int(found[0])
+
+    # --- batched compare-and-set ---------------------------------------------------------------
+    def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Apply changes in order; runs of simple ones (no children, no fan-in, each task once)
+        go set-based through :meth:`_apply_simple`, the rest through ``_apply_one``."""
+        results: list[bool] = [False] * len(changes)
+        run: list[int] = []
+
+        def flush() -> None:
+            if run:
+                held = self._apply_simple(cur, [changes[i] for i in run])
+                for i, ok in zip(run, held, strict=True):
+                    results[i] = ok
+                run.clear()
+
+        seen: set[int] = set()
+        for i, change in enumerate(changes):
+            if change.children or change.fan_in is not None:
+                flush()
+                seen.clear()
+                results[i] = self._apply_one(cur, change)
+                continue
+            if change.task_id in seen:
+                flush()
+                seen.clear()
+            run.append(i)
+            seen.add(change.task_id)
+        flush()
+        return results
+
+    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Per shape of change: one ``SELECT ... FOR UPDATE`` finds (and locks) the rows whose
+        guard holds, one ``UPDATE ... JOIN`` writes them; then all events, attempt opens and
+        attempt closes go in one statement each. Same effect as ``_apply_one`` per change."""
+        shapes: dict[tuple[Any, ...], list[Change]] = {}
+        for change in changes:
+            shape = (
+                tuple(change.values),
+                tuple(sorted(change.from_statuses)),
+                change.fence is not None,
+                change.stage is not None,
+            )
+            shapes.setdefault(shape, []).append(change)
+        held_ids: set[int] = set()
+        for (cols, statuses, fenced, staged), group in shapes.items():
+            keys: list[tuple[Any, ...]] = []
+            for c in group:
+                key: tuple[Any, ...] = (c.task_id,)
+                if c.fence is not None:
+                    key += (c.fence.worker_id, c.fence.attempt)
+                if c.stage is not None:
+                    key += (c.stage,)
+                keys.append(key)
+            key_cols = (
+                "id" + (", worker_id, attempt" if fenced else "") + (", stage" if staged else "")
+            )
+            one = "(" + ", ".join(["%s"] * len(keys[0])) + ")"
+            cur.execute(
+                f"SELECT id FROM {T} WHERE status IN ({', '.join(['%s'] * len(statuses))})"
+                f" AND ({key_cols}) IN ({', '.join([one] * len(keys))}) ORDER BY id FOR UPDATE",
+                [*statuses, *(v for key in keys for v in key)],
+            )
+            ok = {int(r[0]) for r in cur.fetchall()}
+            rows = [
+                [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
+                for c in group
+                if c.task_id in ok
+            ]
+            if rows:
+                names = ["id", *(f"c{k}" for k in range(len(cols)))]
+                table, params = _values_table(names, rows)
+                sets = ", ".join(f"t.{col} = v.c{k}" for k, col in enumerate(cols))
+                cur.execute(
+                    f"UPDATE {T} AS t JOIN ({table}) AS v ON t.id = v.id SET {sets}", params
+                )
+            held_ids |= ok
+        held = [c.task_id in held_ids for c in changes]
+        events: list[tuple[Any, ...]] = []
+        opens: list[tuple[Any, ...]] = []
+        closes: list[list[Any]] = []
+        for change, ok_ in zip(changes, held, strict=True):
+            if not ok_:
+                log.info(
+                    "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
+                    change.task_id,
+                    sorted(change.from_statuses),
+                    change.fence,
+                )
+                continue
+            events += self._event_rows(change)
+            if change.attempt_open is not None:
+                opens.append(open_params(change))
+            if change.attempt_close is not None:
+                closes.append(list(close_params(change)))
+        if events:
+            cur.executemany(self._q(INSERT_EVENT), events)
+        if opens:
+            cur.executemany(self._q(OPEN_ATTEMPT), opens)
+        if closes:
+            names = ["ended_at", "outcome", "error", "timeout_flag", "ended2", "task_id", "attempt"]
+            table, params = _values_table(names, closes)
+            cur.execute(
+                f"UPDATE {A} AS a JOIN ({table}) AS v ON a.task_id = v.task_id"
+                " AND a.attempt = v.attempt SET a.ended_at = v.ended_at, a.outcome = v.outcome,"
+                " a.error = v.error, a.timeout_flag = v.timeout_flag,"
+                " a.duration_seconds = v.ended2 - a.started_at WHERE a.ended_at IS NULL",
+                params,
+            )
+        return held
 
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         names = sorted(request.names)
