@@ -26,7 +26,7 @@ from tideflow.errors import StoreError
 
 pymysql = pytest.importorskip("pymysql")
 
-SCRIPT = Path(__file__).with_name("url_worker_script.py")
+SCRIPT = Path(__file__).with_name("worker_script.py")
 WORKERS = ("mysql-a", "mysql-b")
 N_TASKS = 5000
 

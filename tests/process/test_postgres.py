@@ -23,7 +23,7 @@ psycopg = pytest.importorskip("psycopg")
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).with_name("pg_worker_script.py")
+SCRIPT = Path(__file__).with_name("worker_script.py")
 
 
 def _connect(url: str) -> Any:

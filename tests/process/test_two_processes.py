@@ -37,7 +37,13 @@ def test_two_worker_processes_drain_one_file(db_file: str, tmp_path: Path) -> No
             with log_path.open("wb") as log:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(SCRIPT), db_file, "--worker-id", worker_id],
+                        [
+                            sys.executable,
+                            str(SCRIPT),
+                            f"sqlite:{db_file}",
+                            "--worker-id",
+                            worker_id,
+                        ],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )

@@ -1,8 +1,11 @@
-"""A worker process for the multi-process tests.
+"""A worker process for the multi-process tests, on any database (``sqlite:...``,
+``postgresql://...``, ``mysql://...``).
 
-Usage: ``python worker_script.py DB_PATH --worker-id ID [--idle-exit S] [--max-lifetime S]``.
-Serves the no-op task ``noop`` from the SQLite file ``DB_PATH`` and stops gracefully on SIGTERM,
-or once tasks have existed and none has been outstanding for ``--idle-exit`` seconds.
+Usage: ``python worker_script.py URL --worker-id ID [--idle-exit S] [--max-lifetime S]``
+or ``python worker_script.py URL --setup-at T`` (call ``setup()`` at POSIX time ``T``, exit).
+
+Serves the no-op task ``noop`` from the database at ``URL`` and stops gracefully on SIGTERM, or
+once tasks have existed and none has been outstanding for ``--idle-exit`` seconds.
 """
 
 from __future__ import annotations
@@ -27,22 +30,37 @@ def outstanding(tm: TaskManager) -> int:
     return sum(tm.query_tasks(status=status, limit=1).total for status in OUTSTANDING)
 
 
+def setup_at(url: str, when: float) -> int:
+    tm = TaskManager(url, allow_unregistered=True)
+    try:
+        time.sleep(max(0.0, when - time.time()))
+        tm.setup()
+    finally:
+        tm.close()
+    print("setup done", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("db_path")
-    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("url")
+    parser.add_argument("--worker-id")
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--idle-exit", type=float, default=1.0)
-    parser.add_argument("--max-lifetime", type=float, default=120.0)
+    parser.add_argument("--max-lifetime", type=float, default=180.0)
+    parser.add_argument("--setup-at", type=float)
     args = parser.parse_args(argv)
+    if args.setup_at is not None:
+        return setup_at(args.url, args.setup_at)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     tm = TaskManager(
-        f"sqlite:{args.db_path}",
-        max_concurrent_tasks=8,
-        poll_interval=0.02,
+        args.url,
+        max_concurrent_tasks=args.concurrency,
+        poll_interval=0.05,
         worker_id=args.worker_id,
     )
     tm.use("noop", noop)
@@ -61,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
             else:
                 idle_since = None
-            stop.wait(0.1)
+            stop.wait(0.2)
     finally:
         tm.stop(timeout=10)
         tm.close()

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from tideflow.core.types import (
     TaskRow,
     WorkerRow,
 )
-from tideflow.errors import InvalidOptionError
+from tideflow.errors import InvalidOptionError, StoreError
 from tideflow.models import TERMINAL_STATUSES, TaskAttempt, TaskEvent
 
 log = logging.getLogger("tideflow.store")
@@ -315,6 +316,59 @@ class SqlStore:
                     closes.append(close_params(change))
         flush()
         return results
+
+    def _held_rows(
+        self, changes: Sequence[Change], held: Sequence[bool]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The event rows, attempt opens and attempt closes of the changes that held (a dialect
+        that batches its compare-and-sets writes these in a few statements)."""
+        events: list[tuple[Any, ...]] = []
+        opens: list[tuple[Any, ...]] = []
+        closes: list[tuple[Any, ...]] = []
+        for change, ok in zip(changes, held, strict=True):
+            if not ok:
+                log.info(
+                    "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
+                    change.task_id,
+                    sorted(change.from_statuses),
+                    change.fence,
+                )
+                continue
+            events += self._event_rows(change)
+            if change.attempt_open is not None:
+                opens.append(open_params(change))
+            if change.attempt_close is not None:
+                closes.append(close_params(change))
+        return events, opens, closes
+
+    def _run_migrations(
+        self,
+        cur: Cursor,
+        migrations: Mapping[int, Sequence[str]],
+        version: int,
+        float_type: str,
+        *,
+        prepare: Callable[[str], str] = lambda statement: statement,
+    ) -> None:
+        """Bring the schema to ``version`` (inside the caller's lock or transaction)."""
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS tideflow_schema"
+            f" (version INTEGER NOT NULL PRIMARY KEY, applied_at {float_type} NOT NULL)"
+        )
+        cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
+        current = int(cur.fetchone()[0])
+        if current > version:
+            raise StoreError(
+                f"the database schema is version {current}, newer than this tideflow"
+                f" ({version}); upgrade tideflow"
+            )
+        for step in range(current + 1, version + 1):
+            for statement in migrations[step]:
+                cur.execute(prepare(statement))
+            cur.execute(
+                self._q("INSERT INTO tideflow_schema (version, applied_at) VALUES (?, ?)"),
+                (step, time.time()),
+            )
 
     def _event_rows(self, change: Change) -> list[tuple[Any, ...]]:
         return [

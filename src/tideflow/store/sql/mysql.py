@@ -49,8 +49,6 @@ from tideflow.store.sql.base import (
     Cursor,
     SqlStore,
     T,
-    close_params,
-    open_params,
 )
 
 __all__ = ["MysqlStore"]
@@ -490,23 +488,7 @@ class MysqlStore(SqlStore):
                 )
             held_ids |= ok
         held = [c.task_id in held_ids for c in changes]
-        events: list[tuple[Any, ...]] = []
-        opens: list[tuple[Any, ...]] = []
-        closes: list[list[Any]] = []
-        for change, ok_ in zip(changes, held, strict=True):
-            if not ok_:
-                log.info(
-                    "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
-                    change.task_id,
-                    sorted(change.from_statuses),
-                    change.fence,
-                )
-                continue
-            events += self._event_rows(change)
-            if change.attempt_open is not None:
-                opens.append(open_params(change))
-            if change.attempt_close is not None:
-                closes.append(list(close_params(change)))
+        events, opens, closes = self._held_rows(changes, held)
         if events:
             cur.executemany(self._q(INSERT_EVENT), events)
         if opens:
@@ -572,19 +554,6 @@ class MysqlStore(SqlStore):
     def _migrate(self, cur: Any) -> None:
         # MySQL commits DDL implicitly: GET_LOCK, not a transaction, keeps setups apart, and
         # every CREATE is IF NOT EXISTS so a migration interrupted halfway can be run again
-        cur.execute(
-            "CREATE TABLE IF NOT EXISTS tideflow_schema"
-            " (version INT NOT NULL PRIMARY KEY, applied_at DOUBLE NOT NULL) ENGINE=InnoDB"
-        )
-        cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
-        current = int(cur.fetchone()[0])
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database schema is version {current}, newer than this tideflow"
-                f" ({SCHEMA_VERSION}); upgrade tideflow"
-            )
-        if current == SCHEMA_VERSION:
-            return
         placeholders = ", ".join(["%s"] * len(_COLLATIONS))
         cur.execute(
             "SELECT COLLATION_NAME FROM information_schema.COLLATIONS"
@@ -594,13 +563,13 @@ class MysqlStore(SqlStore):
         available = {r[0] for r in cur.fetchall()}
         collation = next((c for c in _COLLATIONS if c in available), "utf8mb4_bin")
         options = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version]:
-                cur.execute(statement.replace("{options}", options))
-            cur.execute(
-                "INSERT INTO tideflow_schema (version, applied_at) VALUES (%s, %s)",
-                (version, time.time()),
-            )
+        self._run_migrations(
+            cur,
+            MIGRATIONS,
+            SCHEMA_VERSION,
+            "DOUBLE",
+            prepare=lambda statement: statement.replace("{options}", options),
+        )
 
     def schema_version(self) -> int:
         """The version recorded in the database (0 before ``setup``)."""

@@ -36,8 +36,6 @@ from tideflow.store.sql.base import (
     E,
     SqlStore,
     T,
-    close_params,
-    open_params,
 )
 
 __all__ = ["CHANNEL", "PostgresStore"]
@@ -589,25 +587,9 @@ class PostgresStore(SqlStore):
             for i in idxs:
                 held[i] = changes[i].task_id in ids
         now = time.time()
-        events: list[tuple[Any, ...]] = []
-        opens: list[tuple[Any, ...]] = []
-        closes: list[tuple[Any, ...]] = []
-        for change, ok in zip(changes, held, strict=True):
-            if not ok:
-                log.info(
-                    "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
-                    change.task_id,
-                    sorted(change.from_statuses),
-                    change.fence,
-                )
-                continue
-            events += self._event_rows(change)
-            if change.attempt_open is not None:
-                opens.append(open_params(change))
-            if change.attempt_close is not None:
-                closes.append(close_params(change))
-            if _due_now(change.values, now):
-                self._local.notify = True
+        events, opens, closes = self._held_rows(changes, held)
+        if any(ok and _due_now(c.values, now) for c, ok in zip(changes, held, strict=True)):
+            self._local.notify = True
         if events:
             cur.execute(_INSERT_EVENTS, (_json(events),))
         if opens:
@@ -640,24 +622,7 @@ class PostgresStore(SqlStore):
         with self._write() as cur:
             # concurrent setup() calls (several processes starting at once) queue here
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS tideflow_schema"
-                " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
-            current = int(cur.fetchone()[0])
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the database schema is version {current}, newer than this tideflow"
-                    f" ({SCHEMA_VERSION}); upgrade tideflow"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO tideflow_schema (version, applied_at) VALUES (%s, %s)",
-                    (version, time.time()),
-                )
+            self._run_migrations(cur, MIGRATIONS, SCHEMA_VERSION, "DOUBLE PRECISION")
 
     def schema_version(self) -> int:
         """The version recorded in the database (0 before ``setup``)."""

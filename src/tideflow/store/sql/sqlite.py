@@ -223,24 +223,7 @@ class SqliteStore(SqlStore):
 
     def setup(self) -> None:
         with self._write() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS tideflow_schema"
-                " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM tideflow_schema")
-            current = int(cur.fetchone()[0])
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the database schema is version {current}, newer than this tideflow"
-                    f" ({SCHEMA_VERSION}); upgrade tideflow"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO tideflow_schema (version, applied_at) VALUES (?, ?)",
-                    (version, time.time()),
-                )
+            self._run_migrations(cur, MIGRATIONS, SCHEMA_VERSION, "REAL")
 
     def schema_version(self) -> int:
         """The version recorded in the database (0 before ``setup``)."""
