@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,95 +61,13 @@ def _logs(paths: list[Path]) -> str:
 
 
 @pytest.mark.slow
-def test_two_worker_processes_drain_mysql(mysql_url: str, sql: Any, tmp_path: Path) -> None:
-    client = TaskManager(mysql_url, allow_unregistered=True, poll_interval=0.02)
-    client.setup()
-    procs: list[subprocess.Popen[bytes]] = []
-    log_paths = [tmp_path / f"{w}.log" for w in WORKERS]
-    try:
-        for worker_id, log_path in zip(WORKERS, log_paths, strict=True):
-            with log_path.open("wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, str(SCRIPT), mysql_url, "--worker-id", worker_id],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-
-        def both_active() -> bool:
-            for proc in procs:
-                assert proc.poll() is None, f"a worker exited early\n{_logs(log_paths)}"
-            active = {w.worker_id for w in client.get_workers() if w.status == "active"}
-            return active >= set(WORKERS)
-
-        wait_for(both_active, timeout=30, interval=0.05, message=lambda: _logs(log_paths))
-
-        ids = client.submit_many([("noop", {"i": i}) for i in range(N_TASKS)])
-        assert len(set(ids)) == N_TASKS
-
-        def completed() -> int:
-            return client.query_tasks(status="completed", limit=0).total
-
-        wait_for(
-            lambda: completed() == N_TASKS,
-            timeout=120,
-            interval=0.2,
-            message=lambda: f"only {completed()}/{N_TASKS} completed\n{_logs(log_paths)}",
-        )
-        for proc in procs:
-            assert proc.wait(timeout=30) == 0, f"exit {proc.returncode}\n{_logs(log_paths)}"
-
-        # every task attempted exactly once, claimed exactly once, and completed
-        sql.execute(
-            "SELECT task_id, COUNT(*), SUM(outcome = 'completed') FROM tideflow_attempts"
-            " GROUP BY task_id"
-        )
-        attempts = {int(r[0]): (int(r[1]), int(r[2])) for r in sql.fetchall()}
-        assert set(attempts) == set(ids)
-        bad = {t: a for t, a in attempts.items() if a != (1, 1)}
-        assert not bad, f"{len(bad)} tasks not attempted exactly once, e.g. {list(bad.items())[:5]}"
-        sql.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT task_id) FROM tideflow_events"
-            " WHERE event_type = 'task_claimed'"
-        )
-        assert tuple(int(v) for v in sql.fetchone()) == (N_TASKS, N_TASKS)
-
-        sql.execute("SELECT worker_id, COUNT(*) FROM tideflow_attempts GROUP BY worker_id")
-        per_worker = Counter({r[0]: int(r[1]) for r in sql.fetchall()})
-        assert set(per_worker) == set(WORKERS), per_worker
-        assert sum(per_worker.values()) == N_TASKS
-
-        statuses = {w.worker_id: w.status for w in client.get_workers()}
-        assert {statuses[w] for w in WORKERS} == {"stopped"}, statuses
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        client.close()
-
-
-SETUP_SCRIPT = """
-import sys, time
-from tideflow import TaskManager
-url, start = sys.argv[1], float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
-tm = TaskManager(url)
-tm.setup()
-tm.close()
-print("ok", flush=True)
-"""
-
-
-@pytest.mark.slow
 def test_concurrent_setup_from_four_processes(mysql_url: str, sql: Any) -> None:
     sql.execute("SHOW TABLES LIKE 'tideflow%'")
     assert sql.fetchall() == ()
     start = time.time() + 2.0  # all four start their setup together, after the imports
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", SETUP_SCRIPT, mysql_url, repr(start)],
+            [sys.executable, str(SCRIPT), mysql_url, "--setup-at", repr(start)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
