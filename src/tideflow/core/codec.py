@@ -14,6 +14,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 def encode(value: Any, what: str, limit: int) -> str:
     """Encode ``value`` as compact JSON, or raise :class:`PayloadError` (not JSON, too big)."""
+    if value is None:
+        return "null"
     try:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:

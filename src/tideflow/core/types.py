@@ -7,6 +7,7 @@ transaction as a compare-and-set and reports whether it held. Times are POSIX se
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -73,10 +74,15 @@ class TaskRow:
 
     def with_values(self, values: Mapping[str, Any]) -> TaskRow:
         """Return this row with ``values`` applied, as the store wrote them."""
-        return dataclasses.replace(self, **values)
+        fields = list(_ALL_FIELDS(self))
+        for name, value in values.items():
+            fields[_FIELD_INDEX[name]] = value
+        return TaskRow(*fields)
 
 
 TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRow))
+_ALL_FIELDS = operator.attrgetter(*TASK_COLUMNS)
+_FIELD_INDEX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,12 +20,14 @@ __all__ = ["Completer", "Item"]
 
 log = logging.getLogger("tideflow.worker")
 
-Item = tuple[Change, "asyncio.Future[bool]"]
+#: called once with True (written), False (its guard did not hold) or the error that stopped it
+Done = Callable[[bool | BaseException], None]
+Item = tuple[Change, Done]
 ApplyFn = Callable[[Sequence[Change]], Awaitable[list[bool]]]
 
 
 class Completer:
-    """The queue of outcome writes and the futures that report whether each one held."""
+    """The queue of outcome writes; each one's callback learns whether it held."""
 
     #: single-change attempts before an outcome is given up (about a minute of backoff)
     max_tries = 16
@@ -38,13 +40,11 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def put(self, change: Change) -> asyncio.Future[bool]:
-        """Queue ``change``; the future says whether its guard held."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((change, future))
+    def put(self, change: Change, done: Done = lambda _: None) -> None:
+        """Queue ``change``; ``done`` is called once it is written (or given up)."""
+        self._queue.append((change, done))
         self._idle.clear()
         self._on_put()
-        return future
 
     def pending(self) -> bool:
         """Whether changes are queued and not yet taken."""
@@ -59,9 +59,8 @@ class Completer:
 
     def resolve(self, batch: list[Item], held: Sequence[bool]) -> None:
         """Report the outcome of a taken batch."""
-        for (_, future), ok in zip(batch, held, strict=True):
-            if not future.done():
-                future.set_result(ok)
+        for (_, done), ok in zip(batch, held, strict=True):
+            done(ok)
         self._done(batch)
 
     def _done(self, batch: list[Item]) -> None:
@@ -77,7 +76,7 @@ class Completer:
 
     async def write_each(self, batch: list[Item], apply: ApplyFn) -> None:
         """Write a taken batch change by change, retrying each with backoff."""
-        for change, future in batch:
+        for change, done in batch:
             delay = 0.05
             for attempt in range(self.max_tries):
                 try:
@@ -87,14 +86,12 @@ class Completer:
                         log.error(
                             "giving up writing the outcome of task %s: %s", change.task_id, exc
                         )
-                        if not future.done():
-                            future.set_exception(exc)
+                        done(exc)
                         break
                     log.warning("writing a task outcome failed, retrying in %.2fs: %s", delay, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                 else:
-                    if not future.done():
-                        future.set_result(held)
+                    done(held)
                     break
         self._done(batch)

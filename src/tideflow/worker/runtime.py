@@ -29,7 +29,7 @@ from tideflow.core.registry import Registration, Registry
 from tideflow.core.types import Change, ClaimRequest, TaskRow, WorkerRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
 from tideflow.store.protocol import Store
-from tideflow.worker.completer import Completer
+from tideflow.worker.completer import Completer, Item
 from tideflow.worker.task import AttemptState, Next, Suspend, Task
 
 __all__ = ["Worker"]
@@ -324,7 +324,7 @@ class Worker:
                 await self._exchange(self._completer.take(), None)
 
     async def _exchange(
-        self, batch: list[tuple[Change, asyncio.Future[bool]]], request: ClaimRequest | None
+        self, batch: list[Item], request: ClaimRequest | None
     ) -> list[TaskRow] | None:
         """One transaction: write ``batch``, then claim; None when it failed."""
         try:
@@ -428,12 +428,12 @@ class Worker:
         if change is None:
             self._inflight.discard(key)
         else:
-            self._completer.put(change).add_done_callback(lambda f: self._written(key, f))
+            self._completer.put(change, lambda held: self._written(key, held))
         self._settle_later(a)
 
-    def _written(self, key: tuple[int, int], future: asyncio.Future[bool]) -> None:
+    def _written(self, key: tuple[int, int], held: bool | BaseException) -> None:
         self._inflight.discard(key)
-        if not future.cancelled() and future.exception() is None and not future.result():
+        if held is False:
             log.info("the outcome of task %s attempt %s was fenced off", *key)
 
     def _settle_later(self, a: Attempt) -> None:
