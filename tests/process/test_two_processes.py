@@ -73,7 +73,9 @@ def test_two_worker_processes_drain_one_database(shared_db_url: str, tmp_path: P
         assert {t.id for t in tasks} == set(ids)
         assert {(t.status, t.attempt) for t in tasks} == {("completed", 1)}
         per_worker = Counter(t.worker_id for t in tasks)
-        assert set(per_worker) == set(WORKERS), per_worker
+        # both usually share the work, but on a busy machine one process may drain a fast
+        # store before the other claims anything: that is allowed, running a task twice is not
+        assert set(per_worker) <= set(WORKERS), per_worker
         for task_id in ids[:: n_tasks // 50]:  # the audit rows agree, on a sample
             (attempt,) = client.query_task_attempts(task_id).items
             assert (attempt.outcome, attempt.worker_id) == (
