@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,8 @@ from tideflow.store.protocol import Store
 from tideflow.worker.runtime import Worker
 
 __all__ = ["TaskManager"]
+
+log = logging.getLogger("tideflow")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -427,14 +430,25 @@ class TaskManager:
     def cancel_task(self, task_id: int, reason: str | None = None) -> None:
         """Cancel a task and its unfinished descendants (they end ``permanently_failed``)."""
 
-        def plan(row: TaskRow, now: float) -> list[Change]:
-            changes = [lifecycle.cancel(row, reason, now)]
-            for child in self._store.descendants(row.id):
-                if child.status not in TERMINAL_STATUSES:
-                    changes.append(lifecycle.cancel(child, reason or "parent cancelled", now))
-            return changes
+        def cascade(row: TaskRow, now: float) -> list[Change]:
+            return [
+                lifecycle.cancel(child, reason or "parent cancelled", now)
+                for child in self._store.descendants(row.id)
+                if child.status not in TERMINAL_STATUSES
+            ]
 
-        self._control(task_id, plan)
+        self._control(
+            task_id, lambda row, now: [lifecycle.cancel(row, reason, now), *cascade(row, now)]
+        )
+        # a descendant that changed between the read and the write (claimed, or spawned its own
+        # children) lost its guard: read the tree again until nothing unfinished is left
+        for _ in range(10):
+            row = self._store.get_task(_check_id(task_id))
+            changes = cascade(row, time.time()) if row is not None else []
+            if not changes:
+                return
+            self._store.apply(changes)
+        log.warning("task %s: some descendants kept changing while being cancelled", task_id)
 
     def pause_task(self, task_id: int) -> None:
         """Pause a task or cron schedule until :meth:`resume_task`."""
