@@ -581,6 +581,9 @@ class Worker:
     # --- stopping ------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
         self._poke()
+        # a claim already on its way must land first, or its rows would start after the release
+        while self._claiming:
+            await asyncio.sleep(0.005)
         deadline = time.monotonic() + self._stop_timeout
         while self._active and time.monotonic() < deadline:
             runners = [a.runner for a in self._active.values() if a.runner is not None]
