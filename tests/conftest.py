@@ -102,20 +102,9 @@ class ServerBackend:
             finally:
                 conn.close()
 
-    def _unavailable(self) -> str | None:
-        if self.name == "mysql":
-            try:
-                import tideflow.store.sql.mysql  # noqa: F401
-            except ImportError:
-                return "MySQL store not available yet"
-        return None
-
     # --- what the fixtures call ------------------------------------------------------------
     def url(self) -> str:
         """The session URL on a clean database; skips (or fails under CI) when unreachable."""
-        missing = self._unavailable()
-        if missing is not None:
-            pytest.skip(missing)
         if self._state is None:
             try:
                 self._state = (self._create_namespace(), None)

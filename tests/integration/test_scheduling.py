@@ -729,39 +729,6 @@ def test_pause_of_a_running_task_then_resume(make_manager: Any) -> None:
     assert [a.outcome for a in attempts(tm, task_id)] == ["paused", "completed"]
 
 
-def test_retry_task_gives_fresh_attempts(make_manager: Any) -> None:
-    tm = make_manager()
-    calls: list[tuple[int, int]] = []
-
-    def flaky(task: Any) -> str:
-        calls.append((task.attempt, task.retry_count))
-        if len(calls) <= 2:
-            raise RuntimeError(f"failure {len(calls)}")
-        return "fixed"
-
-    tm.use("flaky", flaky)
-    task_id = tm.submit("flaky", max_retries=2)
-    tm.start()
-    failed = wait_for_status(tm, task_id, "permanently_failed")
-    assert failed.retry_count == 1
-    assert failed.error.startswith("RuntimeError: failure 2")
-
-    tm.retry_task(task_id)
-    info = wait_for_status(tm, task_id, "completed")
-    assert info.result == "fixed"
-    assert info.error is None
-    assert calls == [(1, 0), (2, 1), (3, 0)]
-    types = event_types(tm, task_id)
-    assert types[-5:] == [
-        "task_permanently_failed",
-        "task_resumed",
-        "task_claimed",
-        "task_started",
-        "task_completed",
-    ]
-    assert [a.attempt for a in attempts(tm, task_id)] == [1, 2, 3]
-
-
 def test_resume_of_a_paused_task_resets_retry_count(make_manager: Any) -> None:
     tm = make_manager()
     tm.use("fail", lambda task: 1 / 0)

@@ -7,10 +7,7 @@ unreachable (fails them when ``CI=true``).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,43 +55,6 @@ def _logs(paths: list[Path]) -> str:
     return "\n".join(
         f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in paths if p.exists()
     )
-
-
-@pytest.mark.slow
-def test_concurrent_setup_from_four_processes(mysql_url: str, sql: Any) -> None:
-    sql.execute("SHOW TABLES LIKE 'tideflow%'")
-    assert sql.fetchall() == ()
-    start = time.time() + 2.0  # all four start their setup together, after the imports
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), mysql_url, "--setup-at", repr(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(4)
-    ]
-    outputs = [proc.communicate(timeout=60)[0].decode(errors="replace") for proc in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
-
-    sql.execute("SELECT version FROM tideflow_schema")
-    assert [int(r[0]) for r in sql.fetchall()] == [1]
-    sql.execute("SHOW TABLES LIKE 'tideflow%'")
-    assert sorted(r[0] for r in sql.fetchall()) == [
-        "tideflow_attempts",
-        "tideflow_events",
-        "tideflow_schema",
-        "tideflow_tasks",
-        "tideflow_workers",
-    ]
-    from tideflow.store.sql.mysql import MysqlStore
-
-    store = MysqlStore(mysql_url)
-    try:
-        assert store.schema_version() == 1
-        store.setup()  # idempotent
-        assert store.schema_version() == 1
-    finally:
-        store.close()
 
 
 def test_capable_work_is_not_starved_by_a_backlog_it_cannot_serve(mysql_url: str) -> None:

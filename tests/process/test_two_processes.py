@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -93,3 +94,35 @@ def test_two_worker_processes_drain_one_database(shared_db_url: str, tmp_path: P
                 proc.kill()
                 proc.wait(timeout=10)
         client.close()
+
+
+@pytest.mark.slow
+def test_concurrent_setup_from_four_processes(shared_db_url: str) -> None:
+    from tideflow.store.factory import open_store
+
+    store = open_store(shared_db_url)
+    try:
+        assert store.schema_version() == 0
+        start_at = time.time() + 2.5  # all four call setup() at the same moment
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(SCRIPT), shared_db_url, "--setup-at", str(start_at)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(4)
+        ]
+        outputs = [p.communicate(timeout=60)[0].decode(errors="replace") for p in procs]
+        codes = [p.returncode for p in procs]
+        assert codes == [0, 0, 0, 0], outputs
+        assert store.schema_version() == 1
+        store.setup()  # idempotent
+        assert store.schema_version() == 1
+    finally:
+        store.close()
+    tm = TaskManager(shared_db_url, allow_unregistered=True)
+    try:
+        task_id = tm.submit("anything")
+        assert tm.get_task(task_id).status == "pending"  # type: ignore[union-attr]
+    finally:
+        tm.close()

@@ -15,13 +15,11 @@ import hashlib
 import os
 import shlex
 import shutil
-import sqlite3
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
-from urllib.parse import quote
 
 from tideflow import Task
 from tideflow.cli.common import CliError, command_prefix, redact, sqlite_file
@@ -213,7 +211,11 @@ def run_demo(db: str, n: int, *, fresh: bool = True, out: TextIO | None = None) 
     path = sqlite_file(db)
     if fresh and path is not None:
         _remove_demo_db(path)
+    created = path is not None and not os.path.exists(path)
     tm = TaskManager(db, max_concurrent_tasks=8, poll_interval=0.05)
+    if created and path is not None:
+        with open(path + MARKER, "w", encoding="utf-8") as marker:
+            marker.write("created by tideflow demo; --fresh may delete this database\n")
     try:
         build_demo(tm)
         if fresh and path is None:
@@ -234,44 +236,22 @@ def run_demo(db: str, n: int, *, fresh: bool = True, out: TextIO | None = None) 
     return 0
 
 
+MARKER = ".tideflow-demo"  # written next to a database the demo created
+
+
 def _remove_demo_db(path: str) -> None:
+    """Delete a database an earlier demo run created (it left a marker file beside it)."""
     if not os.path.exists(path):
         return
-    if not _is_demo_db(path):
+    if not os.path.exists(path + MARKER) and os.path.getsize(path) > 0:
         raise CliError(
-            f"{path} exists and is not a tideflow demo database: refusing to delete it"
+            f"{path} exists and was not created by tideflow demo: refusing to delete it"
             " (pick another --db, or pass --no-fresh to add to it)",
             code=1,
         )
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in ("", "-wal", "-shm", "-journal", MARKER):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path + suffix)
-
-
-def _is_demo_db(path: str) -> bool:
-    """Whether ``path`` is empty or holds only tideflow tables with only demo tasks.
-
-    Read-only and independent of the store, so a foreign database is never modified.
-    """
-    if os.path.getsize(path) == 0:
-        return True
-    try:
-        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return False
-    try:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        tables = {str(r[0]) for r in rows}
-        if any(not t.startswith(("tideflow_", "sqlite_")) for t in tables):
-            return False
-        if "tideflow_tasks" not in tables:
-            return True
-        names = conn.execute("SELECT DISTINCT name FROM tideflow_tasks").fetchall()
-        return {str(r[0]) for r in names} <= set(EXAMPLES)
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.close()
 
 
 def _intro(out: TextIO, db: str, n: int) -> None:

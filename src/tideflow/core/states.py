@@ -157,7 +157,7 @@ def transition(trigger: Trigger, source: str, facts: Facts = Facts()) -> Transit
     for row in TRANSITIONS:
         if row.trigger is trigger and source in row.sources and GUARDS[row.guard](facts):
             return row
-    allowed = sorted({s for row in TRANSITIONS if row.trigger is trigger for s in row.sources})
+    allowed = sorted(triggers_from(trigger))
     if source in allowed:
         reasons = [
             GUARD_TEXT[row.guard]

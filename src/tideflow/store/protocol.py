@@ -34,6 +34,9 @@ class Store(Protocol):
     def setup(self) -> None:
         """Create or migrate the schema to the current version (idempotent, safe concurrently)."""
 
+    def schema_version(self) -> int:
+        """The schema version recorded in the database (0 before ``setup``)."""
+
     def close(self) -> None:
         """Release connections; further calls raise :class:`StoreError`."""
 
@@ -94,10 +97,9 @@ class Store(Protocol):
         *,
         worker_id: str | None = None,
         heartbeat_before: float | None = None,
-        deadline_before: float | None = None,
         limit: int = 1000,
     ) -> list[TaskRow]:
-        """Running tasks, optionally of one worker, stalled, or past their timeout."""
+        """Running tasks, optionally of one worker or with a heartbeat older than a time."""
 
     def heartbeat_tasks(self, worker_id: str, now: float) -> dict[int, int]:
         """Refresh the heartbeat of every task this worker runs; return ``{task_id: attempt}``."""

@@ -109,14 +109,6 @@ def close_params(change: Change) -> tuple[Any, ...]:
     )
 
 
-def covers(requires: str | None, capabilities: str) -> bool:
-    """True when every required capability (comma-joined) is among the offered ones."""
-    if not requires:
-        return True
-    offered = set(capabilities.split(",")) if capabilities else set()
-    return offered.issuperset(requires.split(","))
-
-
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -126,8 +118,6 @@ class SqlStore:
 
     dialect = "sql"
     safe_url = ""
-    #: False when ``_claim_candidates`` cannot test ``requires`` in SQL (checked here instead)
-    capabilities_in_sql = True
 
     # --- what a dialect provides ---------------------------------------------------------------
     def _write(self) -> contextlib.AbstractContextManager[Cursor]:
@@ -261,15 +251,12 @@ class SqlStore:
             return []
         capped = any(v is not None for v in request.names.values())
         fetch = request.limit if not capped else request.limit * 2 + 16
-        offered = ",".join(sorted(request.capabilities))
         chosen: list[tuple[TaskRow, Change]] = []
         taken: dict[str, int] = {}
         for raw in self._claim_candidates(cur, request, fetch):
             if len(chosen) >= request.limit:
                 break
             row = self._decode_task(raw)
-            if not self.capabilities_in_sql and not covers(row.requires, offered):
-                continue
             cap = request.names.get(row.name)
             if cap is not None and taken.get(row.name, 0) >= cap:
                 continue
@@ -283,39 +270,63 @@ class SqlStore:
         ]
 
     def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Apply changes in order. Each compare-and-set runs at once; the event and attempt
-        rows of simple changes (no children, no fan-in) are inserted together at the end."""
-        results: list[bool] = []
-        events: list[tuple[Any, ...]] = []
-        opens: list[tuple[Any, ...]] = []
-        closes: list[tuple[Any, ...]] = []
+        """Apply changes in order: runs of simple changes (no children, no fan-in, each task
+        once) go to :meth:`_apply_simple` together; the others to :meth:`_apply_one`."""
+        results: list[bool] = [False] * len(changes)
+        run: list[int] = []
+        tasks: set[int] = set()
 
         def flush() -> None:
-            if events:
-                cur.executemany(self._q(INSERT_EVENT), events)
-            if opens:
-                cur.executemany(self._q(OPEN_ATTEMPT), opens)
-            if closes:
-                cur.executemany(self._q(CLOSE_ATTEMPT), closes)
-            events.clear()
-            opens.clear()
-            closes.clear()
+            if run:
+                held = self._apply_simple(cur, [changes[i] for i in run])
+                for i, ok in zip(run, held, strict=True):
+                    results[i] = ok
+            run.clear()
+            tasks.clear()
 
-        for change in changes:
+        for i, change in enumerate(changes):
             if change.children or change.fan_in is not None:
                 flush()
-                results.append(self._apply_one(cur, change))
+                results[i] = self._apply_one(cur, change)
                 continue
-            held = self._compare_and_set(cur, change)
-            results.append(held)
-            if held:
-                events.extend(self._event_rows(change))
-                if change.attempt_open is not None:
-                    opens.append(open_params(change))
-                if change.attempt_close is not None:
-                    closes.append(close_params(change))
+            if change.task_id in tasks:
+                flush()
+            run.append(i)
+            tasks.add(change.task_id)
         flush()
         return results
+
+    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Simple changes: one compare-and-set each, then their event and attempt rows in one
+        ``executemany`` each. Dialects with costly round trips override this set-based."""
+        held = [self._compare_and_set(cur, change) for change in changes]
+        self._write_held_rows(cur, changes, held)
+        return held
+
+    def _write_held_rows(
+        self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
+    ) -> None:
+        events, opens, closes = self._held_rows(changes, held)
+        if events:
+            cur.executemany(self._q(INSERT_EVENT), events)
+        if opens:
+            cur.executemany(self._q(OPEN_ATTEMPT), opens)
+        if closes:
+            cur.executemany(self._q(CLOSE_ATTEMPT), closes)
+
+    @staticmethod
+    def _shapes(changes: Sequence[Change]) -> dict[tuple[Any, ...], list[Change]]:
+        """Changes grouped by what their statement looks like (columns, guard), in order."""
+        shapes: dict[tuple[Any, ...], list[Change]] = {}
+        for change in changes:
+            shape = (
+                tuple(change.values),
+                tuple(sorted(change.from_statuses)),
+                change.fence is not None,
+                change.stage is not None,
+            )
+            shapes.setdefault(shape, []).append(change)
+        return shapes
 
     def _held_rows(
         self, changes: Sequence[Change], held: Sequence[bool]
@@ -404,15 +415,7 @@ class SqlStore:
             sql += " AND stage = ?"
             params.append(change.stage)
         cur.execute(self._q(sql), params)
-        if cur.rowcount != 1:
-            log.info(
-                "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
-                change.task_id,
-                statuses,
-                change.fence,
-            )
-            return False
-        return True
+        return bool(cur.rowcount == 1)
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
         if not self._compare_and_set(cur, change):
@@ -592,7 +595,6 @@ class SqlStore:
         *,
         worker_id: str | None = None,
         heartbeat_before: float | None = None,
-        deadline_before: float | None = None,
         limit: int = 1000,
     ) -> list[TaskRow]:
         sql = f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running'"
@@ -603,9 +605,6 @@ class SqlStore:
         if heartbeat_before is not None:
             sql += " AND heartbeat_at < ?"
             params.append(heartbeat_before)
-        if deadline_before is not None:
-            sql += " AND start_time + timeout < ?"
-            params.append(deadline_before)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
         with self._read() as cur:

@@ -308,7 +308,6 @@ class MysqlStore(SqlStore):
 
     dialect = "mysql"
     #: ``requires`` is pre-filtered in SQL with a REGEXP; base.claim double-checks in Python
-    capabilities_in_sql = False
 
     def __init__(self, url: str) -> None:
         self.safe_url = redact(url)
@@ -413,49 +412,12 @@ class MysqlStore(SqlStore):
             return int(found[0])
 
     # --- batched compare-and-set ---------------------------------------------------------------
-    def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Apply changes in order; runs of simple ones (no children, no fan-in, each task once)
-        go set-based through :meth:`_apply_simple`, the rest through ``_apply_one``."""
-        results: list[bool] = [False] * len(changes)
-        run: list[int] = []
-
-        def flush() -> None:
-            if run:
-                held = self._apply_simple(cur, [changes[i] for i in run])
-                for i, ok in zip(run, held, strict=True):
-                    results[i] = ok
-                run.clear()
-
-        seen: set[int] = set()
-        for i, change in enumerate(changes):
-            if change.children or change.fan_in is not None:
-                flush()
-                seen.clear()
-                results[i] = self._apply_one(cur, change)
-                continue
-            if change.task_id in seen:
-                flush()
-                seen.clear()
-            run.append(i)
-            seen.add(change.task_id)
-        flush()
-        return results
-
     def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Per shape of change: one ``SELECT ... FOR UPDATE`` finds (and locks) the rows whose
-        guard holds, one ``UPDATE ... JOIN`` writes them; then all events, attempt opens and
-        attempt closes go in one statement each. Same effect as ``_apply_one`` per change."""
-        shapes: dict[tuple[Any, ...], list[Change]] = {}
-        for change in changes:
-            shape = (
-                tuple(change.values),
-                tuple(sorted(change.from_statuses)),
-                change.fence is not None,
-                change.stage is not None,
-            )
-            shapes.setdefault(shape, []).append(change)
+        """Set-based (MySQL has no ``UPDATE ... RETURNING``): per shape of change, one
+        ``SELECT ... FOR UPDATE`` finds and locks the rows whose guard holds and one
+        ``UPDATE ... JOIN`` writes them."""
         held_ids: set[int] = set()
-        for (cols, statuses, fenced, staged), group in shapes.items():
+        for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
             keys: list[tuple[Any, ...]] = []
             for c in group:
                 key: tuple[Any, ...] = (c.task_id,)
@@ -488,6 +450,13 @@ class MysqlStore(SqlStore):
                 )
             held_ids |= ok
         held = [c.task_id in held_ids for c in changes]
+        self._write_held_rows(cur, changes, held)
+        return held
+
+    def _write_held_rows(
+        self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
+    ) -> None:
+        # as the base, but the attempt closes in one UPDATE ... JOIN instead of one per row
         events, opens, closes = self._held_rows(changes, held)
         if events:
             cur.executemany(self._q(INSERT_EVENT), events)
@@ -503,7 +472,6 @@ class MysqlStore(SqlStore):
                 " a.duration_seconds = v.ended2 - a.started_at WHERE a.ended_at IS NULL",
                 params,
             )
-        return held
 
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         names = sorted(request.names)

@@ -508,52 +508,12 @@ class PostgresStore(SqlStore):
         raise StoreError(f"could not insert or find the open task with unique_key {key!r}")
 
     # --- batched compare-and-set ---------------------------------------------------------------
-    def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Apply changes in order, sending runs of simple ones (no children, no fan-in, each
-        task once) together: all their compare-and-set UPDATEs in one round trip, then their
-        events and attempt rows. Other changes take :meth:`SqlStore._apply_one`."""
+    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Set-based: one guarded ``UPDATE ... FROM (rows of one JSON parameter)`` per shape of
+        change, ``RETURNING`` the ids whose guard held; all pipelined in one round trip."""
         assert isinstance(cur, _PipelinedCursor)
-        results: list[bool] = [False] * len(changes)
-        group: list[int] = []
-        tasks_in_group: set[int] = set()
-
-        def flush() -> None:
-            if group:
-                for i, held in zip(
-                    group, self._apply_simple(cur, [changes[i] for i in group]), strict=True
-                ):
-                    results[i] = held
-            group.clear()
-            tasks_in_group.clear()
-
-        for i, change in enumerate(changes):
-            if change.children or change.fan_in is not None:
-                flush()
-                results[i] = self._apply_one(cur, change)
-                continue
-            if change.task_id in tasks_in_group:
-                flush()
-            group.append(i)
-            tasks_in_group.add(change.task_id)
-        flush()
-        return results
-
-    def _apply_simple(self, cur: _PipelinedCursor, changes: Sequence[Change]) -> list[bool]:
-        """Set-based twin of :meth:`SqlStore._apply_one` for simple changes: one guarded
-        ``UPDATE ... FROM unnest(...)`` per shape of change, then one INSERT of all events and
-        one statement per attempt action, whatever the batch size."""
-        shapes: dict[tuple[Any, ...], list[int]] = {}
-        for i, change in enumerate(changes):
-            shape = (
-                tuple(change.values),
-                tuple(sorted(change.from_statuses)),
-                change.fence is not None,
-                change.stage is not None,
-            )
-            shapes.setdefault(shape, []).append(i)
         pending = []
-        for (cols, statuses, fenced, staged), idxs in shapes.items():
-            group = [changes[i] for i in idxs]
+        for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
             types = ["bigint", *(_COLUMN_TYPES[col] for col in cols)]
             rows: list[list[Any]] = [
                 [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
@@ -578,25 +538,29 @@ class PostgresStore(SqlStore):
             )
             update = cur.new_cursor()
             update.execute(sql, [_json(rows), list(statuses)])
-            pending.append((idxs, update))
+            pending.append(update)
         cur.sync()
-        held = [False] * len(changes)
-        for idxs, update in pending:
-            ids = {int(r[0]) for r in update.fetchall()}
+        ids: set[int] = set()
+        for update in pending:
+            ids |= {int(r[0]) for r in update.fetchall()}
             update.close()
-            for i in idxs:
-                held[i] = changes[i].task_id in ids
+        held = [c.task_id in ids for c in changes]
         now = time.time()
-        events, opens, closes = self._held_rows(changes, held)
         if any(ok and _due_now(c.values, now) for c, ok in zip(changes, held, strict=True)):
             self._local.notify = True
+        self._write_held_rows(cur, changes, held)
+        return held
+
+    def _write_held_rows(
+        self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
+    ) -> None:
+        events, opens, closes = self._held_rows(changes, held)
         if events:
             cur.execute(_INSERT_EVENTS, (_json(events),))
         if opens:
             cur.execute(_OPEN_ATTEMPTS, (_json(opens),))
         if closes:
             cur.execute(_CLOSE_ATTEMPTS, (_json(closes),))
-        return held
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
         held = super()._apply_one(cur, change, events=events)

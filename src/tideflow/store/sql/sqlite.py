@@ -16,7 +16,7 @@ from typing import Any
 
 from tideflow.core.types import ClaimRequest
 from tideflow.errors import StoreError
-from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T, covers
+from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
 
 __all__ = ["SqliteStore"]
 
@@ -128,8 +128,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 
 def _covers(requires: str | None, capabilities: str) -> int:
-    """SQL function ``tideflow_covers``: 1 when every required capability is offered."""
-    return 1 if covers(requires, capabilities) else 0
+    """SQL function ``tideflow_covers``: 1 when every required capability (comma-joined) is
+    among the offered ones."""
+    if not requires:
+        return 1
+    offered = set(capabilities.split(",")) if capabilities else set()
+    return 1 if offered.issuperset(requires.split(",")) else 0
 
 
 class SqliteStore(SqlStore):
