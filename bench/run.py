@@ -1,6 +1,7 @@
 """tideflow benchmark suite: every scenario for tideflow and its peers in one run (issue 5).
 
     python bench/run.py [--quick] [--json FILE] [--only SCENARIO[,...]] [--stores STORE[,...]]
+                        [--peers PEER[,...]] [--runs N]
 
 Scenarios: drain, submit, latency, claim, workflow, rss, raw. Peers (``pip install -e
 '.[bench]'``): PgQueuer and Procrastinate on PostgreSQL, Huey on SQLite. Every worker runs as its
@@ -44,6 +45,7 @@ from common import (
 
 SCENARIOS = ("drain", "submit", "latency", "claim", "workflow", "rss", "raw")
 STORES = ("sqlite", "postgres", "mysql")
+PEERS = ("pgqueuer", "procrastinate", "huey")
 STORE_LABEL = {"sqlite": "SQLite file", "postgres": "PostgreSQL", "mysql": "MariaDB"}
 TF_COUNT = "SELECT count(*) FROM tideflow_tasks WHERE status = 'completed' AND name = 'noop'"
 TF_STARTED = (
@@ -104,10 +106,19 @@ class Cell:
 
 
 class Bench:
-    def __init__(self, quick: bool, only: set[str], stores: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        quick: bool,
+        only: set[str],
+        stores: set[str] | None = None,
+        peers: set[str] | None = None,
+        runs: int | None = None,
+    ) -> None:
         self.quick = quick
         self.only = only
         self.n = Sizes.make(quick)
+        if runs is not None:
+            self.n.runs = runs
         self.tmp = Path(tempfile.mkdtemp(prefix="tideflow-bench-"))
         self.cells: list[Cell] = []
         self.skips: list[str] = []
@@ -132,6 +143,8 @@ class Bench:
             ("huey", "sqlite", "huey"),
         ):
             self.peers[peer] = self.services[store]
+            if peers is not None and peer not in peers:
+                self.peers[peer] = "not selected (--peers)"
             if self.peers[peer] is None:
                 try:
                     importlib.import_module(module)
@@ -1031,7 +1044,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stores", metavar="STORE", help=f"comma-separated subset of {', '.join(STORES)}"
     )
+    parser.add_argument(
+        "--peers", metavar="PEER", help=f"comma-separated subset of {', '.join(PEERS)}, or none"
+    )
+    parser.add_argument("--runs", type=int, metavar="N", help="runs per figure (median)")
     args = parser.parse_args(argv)
+    peers = None
+    if args.peers is not None:
+        peers = set(filter(None, args.peers.split(","))) - {"none"}
+        if peers - set(PEERS):
+            parser.error(f"unknown peer(s) {', '.join(sorted(peers - set(PEERS)))}")
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
     stores = set(filter(None, (args.stores or "").split(",")))
     if stores - set(STORES):
         parser.error(f"unknown store(s) {', '.join(sorted(stores - set(STORES)))}")
@@ -1040,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {SCENARIOS}")
     t0 = time.perf_counter()
-    bench = Bench(args.quick, only, stores)
+    bench = Bench(args.quick, only, stores, peers, args.runs)
     print(
         f"tideflow bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} cores", flush=True
     )

@@ -38,6 +38,9 @@ log = logging.getLogger("tideflow.worker")
 
 R = TypeVar("R")
 
+#: exchanges (outcome writes plus a claim) a worker keeps on their way at once
+EXCHANGES = 2
+
 
 _INTERNAL = (
     os.path.dirname(os.path.abspath(__file__)),
@@ -99,8 +102,9 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
         self._closing = False
-        self._claiming = False
-        self._outcomes: asyncio.Event | None = None
+        self._exchanges: set[asyncio.Task[bool]] = set()
+        self._reserved = 0  # slots promised to claims on their way
+        self._reserved_by_name: dict[str, int] = {}
         self._stop_timeout = 30.0
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -184,11 +188,6 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._poke)
 
-    def _outcome_queued(self) -> None:
-        self._poke()
-        if self._outcomes is not None:
-            self._outcomes.set()
-
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -213,8 +212,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._beat = asyncio.Event()
-        self._outcomes = asyncio.Event()
-        self._completer = Completer(self._outcome_queued)
+        self._completer = Completer(self._poke)
         try:
             await self._db(self._store.register_worker, self._worker_row(time.time()))
         except BaseException as exc:
@@ -225,14 +223,11 @@ class Worker:
         unsubscribe = self._store.subscribe(self.notify)
         background = [asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat")]
         syncer = asyncio.create_task(self._sync_loop(), name="tideflow-sync")
-        writer = asyncio.create_task(self._write_loop(), name="tideflow-write")
         await self._stop_requested.wait()
         await self._shutdown()
         self._closing = True
         self._poke()
         await syncer
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
         if unsubscribe is not None:
             unsubscribe()
         for task in background:
@@ -264,7 +259,8 @@ class Worker:
 
     def _claim_request(self, now: float) -> ClaimRequest | None:
         settings = self._settings()
-        free = settings.max_concurrent_tasks - self._occupied
+        share = -(-settings.max_concurrent_tasks // EXCHANGES)
+        free = min(share, settings.max_concurrent_tasks - self._occupied - self._reserved)
         if free <= 0:
             return None
         names: dict[str, int | None] = {}
@@ -272,8 +268,10 @@ class Worker:
             cap = reg.max_concurrent
             if cap is None:
                 names[name] = None
-            elif cap - self._by_name.get(name, 0) > 0:
-                names[name] = cap - self._by_name.get(name, 0)
+            else:
+                left = cap - self._by_name.get(name, 0) - self._reserved_by_name.get(name, 0)
+                if left > 0:
+                    names[name] = min(left, free)
         if not names:
             return None
         return ClaimRequest(
@@ -286,42 +284,69 @@ class Worker:
         )
 
     async def _sync_loop(self) -> None:
-        """Write queued outcomes and claim new work, together, until the worker closes."""
+        """Write queued outcomes and claim new work until the worker closes.
+
+        Up to :data:`EXCHANGES` exchanges (outcomes plus a claim, one transaction each) are on
+        their way at once, each claiming at most its share of the slots: while one waits on the
+        database, the handlers of the other's batch run and free their slots for the next.
+        """
+        assert self._wake is not None
+        idle_until = 0.0  # after a claim came back short, only a poke claims again before this
         while not self._closing:
             poll = self._settings().poll_interval
-            batch = self._completer.take()
-            request = None
-            if not (self._paused or self._stopping):
-                request = self._claim_request(time.time())
-            if not batch and request is None:
-                await self._sleep(poll)
-                continue
-            self._claiming = True
+            self._wake.clear()
+            while len(self._exchanges) < EXCHANGES:
+                request = None
+                if not (self._paused or self._stopping) and time.monotonic() >= idle_until:
+                    request = self._claim_request(time.time())
+                if request is None and not self._completer.pending():
+                    break
+                if request is not None:
+                    self._reserve(request, 1)  # now: the next request must see it
+                trip = asyncio.create_task(
+                    self._trip(self._completer.take(), request), name="tideflow-exchange"
+                )
+                self._exchanges.add(trip)
+            waiter = asyncio.ensure_future(self._wake.wait())
             try:
-                rows = await self._exchange(batch, request)
+                done, _ = await asyncio.wait(
+                    [*self._exchanges, waiter],
+                    timeout=max(0.001, idle_until - time.monotonic()) if idle_until else poll,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
-                self._claiming = False
-            if rows is None:
-                await self._sleep(poll)
-                continue
-            for row in rows:
-                self._launch(row)
-            if self._completer.pending():
-                continue
-            if request is not None and len(rows) >= request.limit:
-                await asyncio.sleep(0)
-                continue
-            await self._sleep(poll)
+                waiter.cancel()
+            if waiter in done or not done:
+                idle_until = 0.0
+            for trip in done & self._exchanges:
+                self._exchanges.discard(trip)
+                if trip.cancelled() or trip.exception() is not None:
+                    log.error("an exchange failed", exc_info=trip.exception())
+                    idle_until = time.monotonic() + poll
+                elif trip.result():
+                    idle_until = time.monotonic() + poll
+        if self._exchanges:
+            await asyncio.wait(self._exchanges)
 
-    async def _write_loop(self) -> None:
-        """While a claim is on its way, write the outcomes that queue up meanwhile in a second
-        transaction, so finishing work never waits behind claiming it."""
-        assert self._outcomes is not None
-        while not self._closing:
-            await self._outcomes.wait()
-            self._outcomes.clear()
-            while self._claiming and self._completer.pending():
-                await self._exchange(self._completer.take(), None)
+    def _reserve(self, request: ClaimRequest, sign: int) -> None:
+        self._reserved += sign * request.limit
+        for name, cap in request.names.items():
+            if cap is not None:
+                self._reserved_by_name[name] = self._reserved_by_name.get(name, 0) + sign * cap
+
+    async def _trip(self, batch: list[Item], request: ClaimRequest | None) -> bool:
+        """One exchange; True when its claim came back short (no more due work for now)."""
+        try:
+            rows = await self._exchange(batch, request)
+        finally:
+            if request is not None:
+                self._reserve(request, -1)
+        if rows is None:
+            return True
+        for row in rows:
+            self._launch(row)
+        self._poke()
+        return request is not None and len(rows) < request.limit
 
     async def _exchange(
         self, batch: list[Item], request: ClaimRequest | None
@@ -582,7 +607,7 @@ class Worker:
     async def _shutdown(self) -> None:
         self._poke()
         # a claim already on its way must land first, or its rows would start after the release
-        while self._claiming:
+        while self._reserved:
             await asyncio.sleep(0.005)
         deadline = time.monotonic() + self._stop_timeout
         while self._active and time.monotonic() < deadline:

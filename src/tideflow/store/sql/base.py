@@ -152,6 +152,10 @@ class SqlStore:
             return 1 if value else 0
         return value
 
+    def _plan_by_id(self, cur: Cursor) -> None:
+        """Before the hot path's statements: make the planner reach rows by id and take claim
+        candidates in index order, whatever its statistics say (a no-op by default)."""
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """No push channel by default: workers poll."""
         return None
@@ -201,12 +205,23 @@ class SqlStore:
         parent_id: int | None,
         events: Sequence[NewEvent],
     ) -> None:
-        if not events:
-            return
-        cur.executemany(
-            self._q(INSERT_EVENT),
-            [self._event_params(task_id, root_id, parent_id, e) for e in events],
+        self._insert_event_rows(
+            cur, [self._event_params(task_id, root_id, parent_id, e) for e in events]
         )
+
+    def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert event rows (:data:`INSERT_EVENT` parameters) in order."""
+        if rows:
+            cur.executemany(self._q(INSERT_EVENT), rows)
+
+    def _write_attempts(
+        self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
+    ) -> None:
+        """Open attempt rows (:func:`open_params`), then close others (:func:`close_params`)."""
+        if opens:
+            cur.executemany(self._q(OPEN_ATTEMPT), opens)
+        if closes:
+            cur.executemany(self._q(CLOSE_ATTEMPT), closes)
 
     @staticmethod
     def _event_params(
@@ -241,6 +256,7 @@ class SqlStore:
         if not changes and (request is None or request.limit <= 0 or not request.names):
             return [], []
         with self._write() as cur:
+            self._plan_by_id(cur)
             held = self._apply_batch(cur, changes) if changes else []
             rows = self._claim_in(cur, request) if request is not None else []
         return held, rows
@@ -307,12 +323,8 @@ class SqlStore:
         self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
     ) -> None:
         events, opens, closes = self._held_rows(changes, held)
-        if events:
-            cur.executemany(self._q(INSERT_EVENT), events)
-        if opens:
-            cur.executemany(self._q(OPEN_ATTEMPT), opens)
-        if closes:
-            cur.executemany(self._q(CLOSE_ATTEMPT), closes)
+        self._insert_event_rows(cur, events)
+        self._write_attempts(cur, opens, closes)
 
     @staticmethod
     def _shapes(changes: Sequence[Change]) -> dict[tuple[Any, ...], list[Change]]:
@@ -431,10 +443,11 @@ class SqlStore:
             )
         if events:
             self._insert_events(cur, change.task_id, change.root_id, change.parent_id, new_events)
-        if change.attempt_open is not None:
-            cur.execute(self._q(OPEN_ATTEMPT), open_params(change))
-        if change.attempt_close is not None:
-            cur.execute(self._q(CLOSE_ATTEMPT), close_params(change))
+        self._write_attempts(
+            cur,
+            [open_params(change)] if change.attempt_open is not None else [],
+            [close_params(change)] if change.attempt_close is not None else [],
+        )
         if change.fan_in is not None:
             self._fan_in(cur, change)
         return True

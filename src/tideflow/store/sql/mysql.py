@@ -42,7 +42,7 @@ from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
-    INSERT_EVENT,
+    CLOSE_ATTEMPT,
     OPEN_ATTEMPT,
     TASK_SELECT,
     A,
@@ -453,16 +453,15 @@ class MysqlStore(SqlStore):
         self._write_held_rows(cur, changes, held)
         return held
 
-    def _write_held_rows(
-        self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
+    def _write_attempts(
+        self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
     ) -> None:
-        # as the base, but the attempt closes in one UPDATE ... JOIN instead of one per row
-        events, opens, closes = self._held_rows(changes, held)
-        if events:
-            cur.executemany(self._q(INSERT_EVENT), events)
+        # as the base, but the closes in one UPDATE ... JOIN instead of one per row
         if opens:
             cur.executemany(self._q(OPEN_ATTEMPT), opens)
-        if closes:
+        if len(closes) == 1:
+            cur.execute(self._q(CLOSE_ATTEMPT), closes[0])
+        elif closes:
             names = ["ended_at", "outcome", "error", "timeout_flag", "ended2", "task_id", "attempt"]
             table, params = _values_table(names, closes)
             cur.execute(

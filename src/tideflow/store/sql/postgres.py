@@ -29,7 +29,6 @@ from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
     INSERT_COLUMNS,
-    INSERT_EVENT,
     TASK_SELECT,
     A,
     Cursor,
@@ -163,6 +162,10 @@ _INSERT_UNIQUE = (
     _INSERT_TASK + " ON CONFLICT (unique_key)"
     f" WHERE unique_key IS NOT NULL AND status NOT IN ({_TERMINAL_SQL}) DO NOTHING RETURNING id"
 )
+_PLAN_BY_ID = "SELECT " + ", ".join(
+    f"set_config('enable_{name}', 'off', true)"
+    for name in ("seqscan", "bitmapscan", "sort", "hashjoin", "mergejoin")
+)
 _CLAIM = (
     f"SELECT {TASK_SELECT} FROM {T}"
     f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= %s AND name = ANY(%s)"
@@ -202,19 +205,19 @@ def _json_rows(types: Sequence[str]) -> str:
     return f"SELECT {cols} FROM json_array_elements(%s::json) AS e"
 
 
+_TASK_TYPES = ("bigint", *(_COLUMN_TYPES[c] for c in INSERT_COLUMNS))
+_COPY_TASKS = f"COPY {T} (id, {', '.join(INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _EVENT_TYPES = (
     "bigint", "bigint", "bigint", "text", "text", "text", "integer", "text", "integer",
     "float8", "text", "text",
 )  # fmt: skip
-_INSERT_EVENTS = (
-    f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
-    f" worker_id, attempt, event_time, message, metadata) {_json_rows(_EVENT_TYPES)}"
+_COPY_EVENTS = (
+    f"COPY {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
+    " worker_id, attempt, event_time, message, metadata) FROM STDIN (FORMAT BINARY)"
 )
-_OPEN_ATTEMPTS = (
-    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
-    " SELECT *, 0 FROM ("
-    + _json_rows(("bigint", "bigint", "integer", "text", "integer", "float8"))
-    + ") AS v"
+_OPEN_TYPES = ("bigint", "bigint", "integer", "text", "integer", "float8")
+_COPY_OPENS = (
+    f"COPY {A} (task_id, root_id, attempt, worker_id, stage, started_at) FROM STDIN (FORMAT BINARY)"
 )
 _CLOSE_ATTEMPTS = (
     f"UPDATE {A} AS a SET ended_at = v.c0, outcome = v.c1, error = v.c2, timeout_flag = v.c3,"
@@ -232,6 +235,12 @@ def _conninfo(url: str) -> str:
     return url
 
 
+def _notify(cur: Cursor) -> None:
+    """Announce on commit that a task may be due now."""
+    assert isinstance(cur, _Tx)
+    cur.notify = True
+
+
 def _due_now(values: Any, now: float) -> bool:
     """Whether a row written with ``values`` can be claimed now."""
     if values.get("status") not in CLAIMABLE:
@@ -240,25 +249,43 @@ def _due_now(values: Any, now: float) -> bool:
     return next_run is None or float(next_run) <= now
 
 
-class _PipelinedCursor:
-    """The store's cursor over a connection in pipeline mode: statements are queued and results
-    read only when needed.
+class _Tx:
+    """The store's cursor for one write transaction, in pipeline mode while it runs statements.
 
-    Each statement runs on its own psycopg cursor (a pipelined cursor that ran several statements
-    may still hold an earlier one's result); ``rowcount`` and ``fetch*`` answer for the latest
-    statement after syncing the pipeline. So a change's follow-up writes (events, attempt rows)
-    travel with the next statement whose result is needed instead of costing a round trip each.
+    Statements are queued and their results read only when needed; each runs on its own psycopg
+    cursor (a pipelined cursor that ran several statements may still hold an earlier one's
+    result), and ``rowcount`` and ``fetch*`` answer for the latest after syncing the pipeline.
+    Audit rows (events, attempt opens and closes) wait until :meth:`finish`, which writes them
+    with one ``COPY`` per table (several times cheaper than INSERTs for the server) just before
+    the commit. ``COPY`` cannot run in pipeline mode, so the pipeline is left for it.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
-        self._pipeline = pipeline
+        self._stack: contextlib.ExitStack | None = None
+        self._pipeline: psycopg.Pipeline | None = None
         self._last: psycopg.Cursor[Any] | None = None
+        self.events: list[Sequence[Any]] = []
+        self.opens: list[Sequence[Any]] = []
+        self.closes: list[Sequence[Any]] = []
+        self.notify = False
+
+    def _pipelined(self) -> None:
+        if self._stack is None:
+            stack = contextlib.ExitStack()
+            self._pipeline = stack.enter_context(self._conn.pipeline())
+            self._stack = stack
+
+    def _leave(self, *exc: Any) -> None:
+        """Leave pipeline mode (sending and checking everything queued)."""
+        stack, self._stack, self._pipeline = self._stack, None, None
+        if stack is not None:
+            stack.__exit__(*(exc or (None, None, None)))
 
     def _latest(self) -> psycopg.Cursor[Any]:
         if self._last is None:
             raise psycopg.ProgrammingError("no statement was executed")
-        self._pipeline.sync()
+        self.sync()
         return self._last
 
     @property
@@ -271,17 +298,21 @@ class _PipelinedCursor:
 
     def sync(self) -> None:
         """Send everything queued and wait for the results."""
-        self._pipeline.sync()
+        if self._pipeline is not None:
+            self._pipeline.sync()
 
     def new_cursor(self) -> psycopg.Cursor[Any]:
         """A cursor of its own for one statement whose result is read later."""
+        self._pipelined()
         return self._conn.cursor()
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
+        self._pipelined()
         self._last = self._conn.cursor()
         return self._last.execute(sql, params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any:
+        self._pipelined()
         self._last = self._conn.cursor()
         return self._last.executemany(sql, params)
 
@@ -290,6 +321,31 @@ class _PipelinedCursor:
 
     def fetchall(self) -> list[Any]:
         return self._latest().fetchall()
+
+    def copy(self, sql: str, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """``COPY ... FROM STDIN`` of ``rows`` in binary, now (leaving the pipeline)."""
+        self._leave()
+        with self._conn.cursor() as cur, cur.copy(sql) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+
+    def finish(self) -> None:
+        """Write the held-back audit rows, then whatever must precede the commit."""
+        if self.events:
+            self.copy(_COPY_EVENTS, _EVENT_TYPES, self.events)
+        if self.opens:
+            self.copy(_COPY_OPENS, _OPEN_TYPES, self.opens)
+        if self.closes:
+            self.execute(_CLOSE_ATTEMPTS, (_json(self.closes),))
+        if self.notify:
+            self.execute(f"NOTIFY {CHANNEL}")
+        self._leave()
+
+    def abort(self, exc: BaseException) -> None:
+        """Leave the pipeline after an error (the caller rolls back)."""
+        with contextlib.suppress(psycopg.Error):
+            self._leave(type(exc), exc, exc.__traceback__)
 
 
 class _Listener:
@@ -373,7 +429,6 @@ class PostgresStore(SqlStore):
                 f"cannot read PostgreSQL connection string: {self._clean(exc)}"
             ) from None
         self._sql_cache: dict[str, str] = {}
-        self._local = threading.local()
         self._listeners: list[_Listener] = []
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = ConnectionPool(
@@ -415,19 +470,18 @@ class PostgresStore(SqlStore):
     @contextlib.contextmanager
     def _write(self) -> Iterator[Cursor]:
         pool = self._get_pool()
-        self._local.notify = False
         try:
-            # leaving the pipeline sends everything queued; leaving pool.connection() then
-            # commits (or rolls back on error)
-            with pool.connection() as conn, conn.pipeline() as pipeline:
-                cur = _PipelinedCursor(conn, pipeline)
-                yield cur
-                if self._local.notify:
-                    cur.execute(f"NOTIFY {CHANNEL}")
+            # leaving pool.connection() commits (or rolls back on error)
+            with pool.connection() as conn:
+                tx = _Tx(conn)
+                try:
+                    yield tx
+                    tx.finish()
+                except BaseException as exc:
+                    tx.abort(exc)
+                    raise
         except psycopg.Error as exc:
             raise self._error(exc) from None
-        finally:
-            self._local.notify = False
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
@@ -437,6 +491,14 @@ class PostgresStore(SqlStore):
                 yield cur
         except psycopg.Error as exc:
             raise self._error(exc) from None
+
+    def _plan_by_id(self, cur: Cursor) -> None:
+        # Statistics lag behind a queue's bursts: freshly loaded or long-idle tables estimate
+        # "status = 'pending'" as a handful of rows, and the planner then scans the whole backlog
+        # (bitmap scan plus sort, or a join that filters every pending row) on every batch. With
+        # these off for this transaction only, the claim walks the partial claim index in order
+        # and the batched writes find their rows through the primary key.
+        cur.execute(_PLAN_BY_ID)
 
     def _insert_id(self, cur: Cursor, sql: str, params: Sequence[Any]) -> int:
         cur.execute(self._q(sql) + " RETURNING id", params)
@@ -485,11 +547,11 @@ class PostgresStore(SqlStore):
             parent_id = values.get("parent_id")
             events += [self._event_params(task_id, root_id, parent_id, e) for e in task.events]
             if _due_now(values, now):
-                self._local.notify = True
+                _notify(cur)
         if rows:
-            cur.executemany(_INSERT_TASK, rows)
-        if events:
-            cur.executemany(self._q(INSERT_EVENT), events)
+            assert isinstance(cur, _Tx)
+            cur.copy(_COPY_TASKS, _TASK_TYPES, rows)
+        self._insert_event_rows(cur, events)
         return ids
 
     def _insert_unique(self, cur: Cursor, params: list[Any], key: str) -> int | None:
@@ -511,7 +573,7 @@ class PostgresStore(SqlStore):
     def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
         """Set-based: one guarded ``UPDATE ... FROM (rows of one JSON parameter)`` per shape of
         change, ``RETURNING`` the ids whose guard held; all pipelined in one round trip."""
-        assert isinstance(cur, _PipelinedCursor)
+        assert isinstance(cur, _Tx)
         pending = []
         for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
             types = ["bigint", *(_COLUMN_TYPES[col] for col in cols)]
@@ -534,7 +596,7 @@ class PostgresStore(SqlStore):
             sets = ", ".join(f"{col} = v.c{k + 1}" for k, col in enumerate(cols))
             sql = (
                 f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
-                f" WHERE t.id = v.c0 AND t.status = ANY(%s){guard} RETURNING t.id"
+                f" WHERE t.id = v.c0 AND COALESCE(t.status = ANY(%s){guard}, false) RETURNING t.id"
             )
             update = cur.new_cursor()
             update.execute(sql, [_json(rows), list(statuses)])
@@ -547,25 +609,25 @@ class PostgresStore(SqlStore):
         held = [c.task_id in ids for c in changes]
         now = time.time()
         if any(ok and _due_now(c.values, now) for c, ok in zip(changes, held, strict=True)):
-            self._local.notify = True
+            _notify(cur)
         self._write_held_rows(cur, changes, held)
         return held
 
-    def _write_held_rows(
-        self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
+    def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
+        assert isinstance(cur, _Tx)
+        cur.events += rows
+
+    def _write_attempts(
+        self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
     ) -> None:
-        events, opens, closes = self._held_rows(changes, held)
-        if events:
-            cur.execute(_INSERT_EVENTS, (_json(events),))
-        if opens:
-            cur.execute(_OPEN_ATTEMPTS, (_json(opens),))
-        if closes:
-            cur.execute(_CLOSE_ATTEMPTS, (_json(closes),))
+        assert isinstance(cur, _Tx)
+        cur.opens += opens
+        cur.closes += closes
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
         held = super()._apply_one(cur, change, events=events)
         if held and _due_now(change.values, time.time()):
-            self._local.notify = True
+            _notify(cur)
         return held
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
