@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -82,7 +81,7 @@ BASE = TaskRow(
 
 def make_row(**overrides: Any) -> TaskRow:
     """A task row with sensible defaults (a pending one-off root task)."""
-    return dataclasses.replace(BASE, **overrides)
+    return BASE._replace(**overrides)
 
 
 def running(**overrides: Any) -> TaskRow:
@@ -877,7 +876,7 @@ def _every_plan() -> Iterator[tuple[str, TaskRow, Change]]:
     r = running(attempt=2, stage=1)
     yield "complete", r, lifecycle.complete(r, "1", NOW, no_tick)
     yield "fail", r, lifecycle.fail(r, "E: x", NOW, rng())
-    yield "fail-last", r, lifecycle.fail(dataclasses.replace(r, max_retries=1), "E: x", NOW, rng())
+    yield "fail-last", r, lifecycle.fail(r._replace(max_retries=1), "E: x", NOW, rng())
     yield "timeout", r, lifecycle.fail(r, "E: x", NOW, rng(), timed_out=True)
     yield "spawn", r, lifecycle.spawn(r, planned_children(r, 1), None, NOW)
     yield "suspend", r, lifecycle.suspend(r, "why", None, NOW)
@@ -910,13 +909,11 @@ def test_every_write_about_a_running_task_is_fenced_and_closes_its_attempt(
 @pytest.mark.parametrize(("label", "row", "change"), PLANS, ids=[p[0] for p in PLANS])
 def test_only_terminal_writes_of_children_fan_in(label: str, row: TaskRow, change: Change) -> None:
     terminal = change.values["status"] in ("completed", "permanently_failed")
-    as_child = dataclasses.replace(row, parent_id=7, root_id=1, parent_stage=0)
+    as_child = row._replace(parent_id=7, root_id=1, parent_stage=0)
     replanned = {
         "complete": lambda: lifecycle.complete(as_child, "1", NOW, no_tick),
         "fail": lambda: lifecycle.fail(as_child, "E: x", NOW, rng()),
-        "fail-last": lambda: lifecycle.fail(
-            dataclasses.replace(as_child, max_retries=1), "E: x", NOW, rng()
-        ),
+        "fail-last": lambda: lifecycle.fail(as_child._replace(max_retries=1), "E: x", NOW, rng()),
         "timeout": lambda: lifecycle.fail(as_child, "E: x", NOW, rng(), timed_out=True),
         "spawn": lambda: lifecycle.spawn(as_child, planned_children(as_child, 1), None, NOW),
         "suspend": lambda: lifecycle.suspend(as_child, "why", None, NOW),

@@ -215,7 +215,7 @@ class TestChildRows:
         assert kid.values["next_run_time"] == expected
 
     def test_a_root_parent_passes_its_own_id_as_root(self) -> None:
-        root = dataclasses.replace(PARENT, id=5, root_id=5, parent_id=None, stage=0)
+        root = PARENT._replace(id=5, root_id=5, parent_id=None, stage=0)
         (kid,) = plan({"name": "a"}, parent=root)
         assert (kid.values["parent_id"], kid.values["root_id"], kid.values["parent_stage"]) == (
             5,
@@ -329,14 +329,12 @@ class TestPayloads:
 
 # --- child_results -------------------------------------------------------------------------------
 def test_child_results_report_every_child_in_order_with_the_same_keys() -> None:
-    done = dataclasses.replace(
-        PARENT, id=21, name="a", status="completed", result='{"v":1}', error=None
+    done = PARENT._replace(id=21, name="a", status="completed", result='{"v":1}', error=None)
+    failed = PARENT._replace(
+        id=22, name="b", status="permanently_failed", result=None, error="E: broke"
     )
-    failed = dataclasses.replace(
-        PARENT, id=22, name="b", status="permanently_failed", result=None, error="E: broke"
-    )
-    cancelled = dataclasses.replace(
-        PARENT, id=23, name="c", status="permanently_failed", result=None, error="cancelled"
+    cancelled = PARENT._replace(
+        id=23, name="c", status="permanently_failed", result=None, error="cancelled"
     )
     out = child_results([done, failed, cancelled])
     assert out == [

@@ -7,7 +7,6 @@ events in order, the attempt row to open or close, the fence, and parent bookkee
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -340,7 +339,7 @@ def spawn(row: TaskRow, children: Sequence[NewTask], context: bytes | None, now:
         fence=_fence(row),
         values=values,
         events=tuple(
-            dataclasses.replace(e, lists_children=True) if e.event_type == t.events[0] else e
+            e._replace(lists_children=True) if e.event_type == t.events[0] else e
             for e in _events(
                 t, row, now, worker_id=row.worker_id, attempt=row.attempt, metadata=meta
             )
@@ -492,8 +491,8 @@ def retry_task(row: TaskRow, now: float) -> Change:
         next_run_time=now,
     )
     if row.parent_id is not None and row.parent_stage is not None:
-        change = dataclasses.replace(
-            change, fan_in=FanIn(parent_id=row.parent_id, stage=row.parent_stage, delta=-1)
+        change = change._replace(
+            fan_in=FanIn(parent_id=row.parent_id, stage=row.parent_stage, delta=-1)
         )
     return change
 

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 from tideflow.errors import InvalidTransitionError
 from tideflow.models import Status
@@ -45,14 +46,15 @@ class Trigger(enum.StrEnum):
     RECOVER = "recover"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Facts:
+class Facts(NamedTuple):
     """What the guards may look at."""
 
     is_cron: bool = False
     attempts_left: bool = False
     awaiting_children: bool = False
 
+
+NO_FACTS = Facts()
 
 Guard = Callable[[Facts], bool]
 
@@ -152,7 +154,7 @@ TRANSITIONS: tuple[Transition, ...] = (
 
 
 @functools.lru_cache(maxsize=512)
-def transition(trigger: Trigger, source: str, facts: Facts = Facts()) -> Transition:
+def transition(trigger: Trigger, source: str, facts: Facts = NO_FACTS) -> Transition:
     """Return the row for ``trigger`` from ``source`` whose guard holds, or raise."""
     for row in TRANSITIONS:
         if row.trigger is trigger and source in row.sources and GUARDS[row.guard](facts):

@@ -1,5 +1,8 @@
 """What crosses the store seam: task rows read back, and the writes the core plans.
 
+The records that are built per task on the hot path are named tuples: immutable, typed, and
+several times cheaper to build than frozen dataclasses (a claimed task builds about ten).
+
 The core plans every write as a :class:`Change` (or :class:`NewTask`); the store applies it in one
 transaction as a compare-and-set and reports whether it held. Times are POSIX seconds (float).
 """
@@ -7,9 +10,8 @@ transaction as a compare-and-set and reports whether it held. Times are POSIX se
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "AttemptClose",
@@ -27,8 +29,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TaskRow:
+class TaskRow(NamedTuple):
     """One row of ``tideflow_tasks``; field names are the column names."""
 
     id: int
@@ -74,27 +75,24 @@ class TaskRow:
 
     def with_values(self, values: Mapping[str, Any]) -> TaskRow:
         """Return this row with ``values`` applied, as the store wrote them."""
-        fields = list(_ALL_FIELDS(self))
+        fields = list(self)
         for name, value in values.items():
             fields[_FIELD_INDEX[name]] = value
-        return TaskRow(*fields)
+        return TaskRow._make(fields)
 
 
-TASK_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TaskRow))
-_ALL_FIELDS = operator.attrgetter(*TASK_COLUMNS)
+TASK_COLUMNS: tuple[str, ...] = TaskRow._fields
 _FIELD_INDEX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Fence:
+class Fence(NamedTuple):
     """A write about a running task holds only while this worker still owns this attempt."""
 
     worker_id: str
     attempt: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """An audit event to insert; the store adds the task's ids."""
 
     event_type: str
@@ -110,8 +108,7 @@ class NewEvent:
     lists_children: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AttemptOpen:
+class AttemptOpen(NamedTuple):
     """Open an attempt row."""
 
     attempt: int
@@ -120,8 +117,7 @@ class AttemptOpen:
     started_at: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AttemptClose:
+class AttemptClose(NamedTuple):
     """Close the open attempt row ``attempt`` with an outcome."""
 
     attempt: int
@@ -131,16 +127,14 @@ class AttemptClose:
     timeout_flag: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NewTask:
+class NewTask(NamedTuple):
     """A task to insert with its creation events. ``root_id`` None means "its own id"."""
 
     values: Mapping[str, Any]
     events: tuple[NewEvent, ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FanIn:
+class FanIn(NamedTuple):
     """Parent bookkeeping attached to a child's write that enters or leaves a terminal status.
 
     The store adds ``delta`` to the parent's ``completed_children`` only while the parent is
@@ -155,8 +149,7 @@ class FanIn:
     resume: Change | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One planned state change of one task, applied as compare-and-set.
 
     It holds only if the task's status is in ``from_statuses`` and, when ``fence`` is set, the

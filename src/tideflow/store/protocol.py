@@ -30,6 +30,9 @@ class Store(Protocol):
     dialect: str
     #: the connection string with any password replaced by ``***``
     safe_url: str
+    #: how many :meth:`exchange` calls a worker should keep on their way at once: more than one
+    #: only pays where the database works on several transactions in parallel
+    parallel_exchanges: int
 
     def setup(self) -> None:
         """Create or migrate the schema to the current version (idempotent, safe concurrently)."""

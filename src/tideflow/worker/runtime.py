@@ -38,9 +38,6 @@ log = logging.getLogger("tideflow.worker")
 
 R = TypeVar("R")
 
-#: exchanges (outcome writes plus a claim) a worker keeps on their way at once
-EXCHANGES = 2
-
 
 _INTERNAL = (
     os.path.dirname(os.path.abspath(__file__)),
@@ -103,6 +100,7 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._closing = False
         self._exchanges: set[asyncio.Task[bool]] = set()
+        self._parallel = max(1, store.parallel_exchanges)
         self._reserved = 0  # slots promised to claims on their way
         self._reserved_by_name: dict[str, int] = {}
         self._stop_timeout = 30.0
@@ -259,7 +257,7 @@ class Worker:
 
     def _claim_request(self, now: float) -> ClaimRequest | None:
         settings = self._settings()
-        share = -(-settings.max_concurrent_tasks // EXCHANGES)
+        share = -(-settings.max_concurrent_tasks // self._parallel)
         free = min(share, settings.max_concurrent_tasks - self._occupied - self._reserved)
         if free <= 0:
             return None
@@ -286,16 +284,16 @@ class Worker:
     async def _sync_loop(self) -> None:
         """Write queued outcomes and claim new work until the worker closes.
 
-        Up to :data:`EXCHANGES` exchanges (outcomes plus a claim, one transaction each) are on
-        their way at once, each claiming at most its share of the slots: while one waits on the
-        database, the handlers of the other's batch run and free their slots for the next.
+        Up to ``Store.parallel_exchanges`` exchanges (outcomes plus a claim, one transaction
+        each) are on their way at once, each claiming at most its share of the slots: while one
+        waits on the database, the handlers of the other's batch run and free their slots.
         """
         assert self._wake is not None
         idle_until = 0.0  # after a claim came back short, only a poke claims again before this
         while not self._closing:
             poll = self._settings().poll_interval
             self._wake.clear()
-            while len(self._exchanges) < EXCHANGES:
+            while len(self._exchanges) < self._parallel:
                 request = None
                 if not (self._paused or self._stopping) and time.monotonic() >= idle_until:
                     request = self._claim_request(time.time())

@@ -8,7 +8,6 @@ serve. A dialect provides connections and transactions (:meth:`SqlStore._write`,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -38,6 +37,8 @@ A = "tideflow_attempts"
 W = "tideflow_workers"
 
 TASK_SELECT = ", ".join(TASK_COLUMNS)
+_JITTER = TASK_COLUMNS.index("retry_jitter")
+_CONTEXT = TASK_COLUMNS.index("context")
 INSERT_COLUMNS = tuple(c for c in TASK_COLUMNS if c != "id")
 CLAIMABLE = ("pending", "failed", "timeout")
 EVENT_COLUMNS = (
@@ -118,6 +119,7 @@ class SqlStore:
 
     dialect = "sql"
     safe_url = ""
+    parallel_exchanges = 1
 
     # --- what a dialect provides ---------------------------------------------------------------
     def _write(self) -> contextlib.AbstractContextManager[Cursor]:
@@ -140,12 +142,11 @@ class SqlStore:
 
     def _decode_task(self, row: Sequence[Any]) -> TaskRow:
         values = list(row)
-        jitter = TASK_COLUMNS.index("retry_jitter")
-        values[jitter] = bool(values[jitter])
-        ctx = TASK_COLUMNS.index("context")
-        if values[ctx] is not None and not isinstance(values[ctx], bytes):
-            values[ctx] = bytes(values[ctx])
-        return TaskRow(*values)
+        values[_JITTER] = bool(values[_JITTER])
+        context = values[_CONTEXT]
+        if context is not None and not isinstance(context, bytes):
+            values[_CONTEXT] = bytes(context)
+        return TaskRow._make(values)
 
     def _encode_value(self, column: str, value: Any) -> Any:
         if column == "retry_jitter":
@@ -436,7 +437,7 @@ class SqlStore:
         if change.children:
             child_ids = self._insert_many(cur, change.children)
             new_events = tuple(
-                dataclasses.replace(e, metadata={**(e.metadata or {}), "child_task_ids": child_ids})
+                e._replace(metadata={**(e.metadata or {}), "child_task_ids": child_ids})
                 if e.lists_children
                 else e
                 for e in new_events

@@ -307,6 +307,7 @@ class MysqlStore(SqlStore):
     """MySQL 8 / MariaDB 10.6+ over PyMySQL."""
 
     dialect = "mysql"
+    parallel_exchanges = 2
     #: ``requires`` is pre-filtered in SQL with a REGEXP; base.claim double-checks in Python
 
     def __init__(self, url: str) -> None:

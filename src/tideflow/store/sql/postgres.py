@@ -410,6 +410,7 @@ class PostgresStore(SqlStore):
     """PostgreSQL 12+ through psycopg 3."""
 
     dialect = "postgresql"
+    parallel_exchanges = 2
 
     def __init__(
         self,

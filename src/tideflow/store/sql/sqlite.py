@@ -11,10 +11,10 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tideflow.core.types import ClaimRequest
+from tideflow.core.types import Change, ClaimRequest
 from tideflow.errors import StoreError
 from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
 
@@ -136,6 +136,10 @@ def _covers(requires: str | None, capabilities: str) -> int:
     return 1 if offered.issuperset(requires.split(",")) else 0
 
 
+#: rows per set-based UPDATE (well under SQLite's 32,766 bound parameters)
+_CHUNK = 250
+
+
 class SqliteStore(SqlStore):
     """The embedded default store."""
 
@@ -205,6 +209,47 @@ class SqliteStore(SqlStore):
                 yield cur
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite error: {exc}") from None
+
+    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """Set-based where SQLite has ``UPDATE ... FROM`` and ``RETURNING`` (3.35+): one
+        guarded UPDATE per shape of change (and per :data:`_CHUNK` rows), its rows bound as a
+        VALUES list, returning the ids whose guard held."""
+        if sqlite3.sqlite_version_info < (3, 35):
+            return super()._apply_simple(cur, changes)
+        held_ids: set[int] = set()
+        for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
+            width = 1 + len(cols) + (2 if fenced else 0) + (1 if staged else 0)
+            sets = ", ".join(f"{col} = v.column{k + 2}" for k, col in enumerate(cols))
+            guard = f"{T}.status IN ({', '.join('?' * len(statuses))})"
+            extra = len(cols) + 2
+            if fenced:
+                guard += (
+                    f" AND {T}.worker_id = v.column{extra} AND {T}.attempt = v.column{extra + 1}"
+                )
+                extra += 2
+            if staged:
+                guard += f" AND {T}.stage = v.column{extra}"
+            row_marks = "(" + ", ".join("?" * width) + ")"
+            for start in range(0, len(group), _CHUNK):
+                chunk = group[start : start + _CHUNK]
+                params: list[Any] = []
+                for c in chunk:
+                    params.append(c.task_id)
+                    params += [self._encode_value(col, c.values[col]) for col in cols]
+                    if fenced:
+                        assert c.fence is not None
+                        params += [c.fence.worker_id, c.fence.attempt]
+                    if staged:
+                        params.append(c.stage)
+                cur.execute(
+                    f"UPDATE {T} SET {sets} FROM (VALUES {', '.join([row_marks] * len(chunk))})"
+                    f" AS v WHERE {T}.id = v.column1 AND {guard} RETURNING {T}.id",
+                    [*params, *statuses],
+                )
+                held_ids.update(r[0] for r in cur.fetchall())
+        held = [c.task_id in held_ids for c in changes]
+        self._write_held_rows(cur, changes, held)
+        return held
 
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         names = sorted(request.names)
