@@ -33,4 +33,4 @@ def encode(value: Any, what: str, limit: int) -> str:
 
 def decode(text: str | None) -> Any:
     """Decode stored JSON (None stays None)."""
-    return None if text is None else json.loads(text)
+    return None if text is None or text == "null" else json.loads(text)

@@ -12,6 +12,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -100,6 +102,9 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._closing = False
         self._exchanges: set[asyncio.Task[bool]] = set()
+        self._deadlines: list[tuple[float, int, Attempt]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._seq = itertools.count()
         self._parallel = max(1, store.parallel_exchanges)
         self._reserved = 0  # slots promised to claims on their way
         self._reserved_by_name: dict[str, int] = {}
@@ -381,6 +386,46 @@ class Worker:
         self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
         attempt.runner = asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}")
         self._tasks.add(attempt.runner)
+        if reg.is_async:
+            self._watch(attempt)
+
+    # --- deadlines of async handlers ---------------------------------------------------------
+    def _watch(self, a: Attempt) -> None:
+        """Cancel ``a``'s handler at its deadline: one timer for all attempts (the earliest
+        deadline) instead of one ``asyncio.timeout`` each."""
+        heapq.heappush(self._deadlines, (a.state.deadline, next(self._seq), a))
+        if len(self._deadlines) > 2 * len(self._active) + 64:
+            # finished attempts stay in the heap until their deadline; drop them now and then
+            self._deadlines = [
+                (w.state.deadline, next(self._seq), w)
+                for w in self._active.values()
+                if w.registration.is_async
+            ]
+            heapq.heapify(self._deadlines)
+        timer, when = self._deadline_timer, self._loop_time(a.state.deadline)
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = asyncio.get_running_loop().call_at(when, self._expire)
+
+    def _loop_time(self, deadline: float) -> float:
+        """A ``time.monotonic()`` deadline on the event loop's clock."""
+        assert self._loop is not None
+        return self._loop.time() + (deadline - time.monotonic())
+
+    def _expire(self) -> None:
+        self._deadline_timer = None
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, a = heapq.heappop(self._deadlines)
+            if self._active.get(a.row.id) is a and a.runner is not None and not a.runner.done():
+                a.state.timed_out = True
+                a.runner.cancel()
+        if self._deadlines:
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_at(
+                self._loop_time(self._deadlines[0][0]), self._expire
+            )
 
     def _initial_result(self, row: TaskRow) -> Any:
         if row.stage > 0 and row.total_children > 0:
@@ -408,18 +453,22 @@ class Worker:
         timed_out = False
         if reg.is_async:
             try:
-                async with asyncio.timeout(remaining) as scope:
-                    value = await reg.handler(*args)
+                if remaining <= 0:
+                    raise asyncio.CancelledError  # already past its deadline
+                value = await reg.handler(*args)
             except asyncio.CancelledError as exc:
                 current = asyncio.current_task()
-                if current is not None and current.cancelling():
+                cancelling = current.cancelling() if current is not None else 0
+                if remaining <= 0 or (a.state.timed_out and cancelling == 1 and not a.abandoned):
+                    assert current is not None
+                    if cancelling:
+                        current.uncancel()
+                    timed_out = True  # cancelled by the deadline watch
+                elif cancelling:
                     if not a.abandoned:
                         raise  # the worker itself is being torn down
                 else:
                     error = exc  # raised by the handler itself: a failure like any other
-            except TimeoutError as exc:
-                timed_out = scope.expired()
-                error = None if timed_out else exc
             except Exception as exc:
                 error = exc
         else:
