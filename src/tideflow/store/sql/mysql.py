@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import queue
 import re
@@ -36,17 +37,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pymysql
 from pymysql.constants import CLIENT
 
-from tideflow.core.types import Change, ClaimRequest, NewTask
+from tideflow.core.types import TASK_COLUMNS, Change, ClaimRequest, NewTask
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
-    CLOSE_ATTEMPT,
-    OPEN_ATTEMPT,
-    TASK_SELECT,
+    INSERT_COLUMNS,
     A,
     Cursor,
+    E,
     SqlStore,
     T,
 )
@@ -173,6 +173,104 @@ _SQL_MODE = (
 #: timeout, 1205, is not retried: it already waited innodb_lock_wait_timeout)
 _TRANSIENT = frozenset({1213})
 _TRIES = 5
+
+
+def _json_table(columns: Sequence[tuple[str, str]]) -> str:
+    """``JSON_TABLE`` over one parameter, a JSON array of rows (each an array), as typed columns
+    plus ``n`` (the row's ordinal): a batch crosses in one escaped string instead of one
+    escaped parameter per value, which is what PyMySQL spends most of its time on."""
+    cols = ", ".join(
+        f"{name} {sql_type} PATH '$[{k}]'" for k, (name, sql_type) in enumerate(columns)
+    )
+    return f"JSON_TABLE(%s, '$[*]' COLUMNS (n FOR ORDINALITY, {cols}))"
+
+
+def _json(rows: Sequence[Any]) -> str:
+    """Rows as the JSON parameter of :func:`_json_table` (bytes as hex)."""
+    return json.dumps(rows, separators=(",", ":"), default=bytes.hex)
+
+
+def _ddl_types(ddl: str) -> dict[str, str]:
+    """Column name to SQL type, read off a CREATE TABLE statement."""
+    found: dict[str, str] = {}
+    for line in ddl.splitlines():
+        name, _, rest = line.strip().partition(" ")
+        kind = rest.split(" ", 1)[0].rstrip(",")
+        generated = name in ("claimable", "open_unique_key")
+        if name.islower() and not generated and kind[:1].isupper() and kind != "AS":
+            found[name] = kind
+    return found
+
+
+_TASK_TYPES = _ddl_types(MIGRATIONS[1][0])
+_FLOAT_COLUMNS = tuple(i for i, c in enumerate(TASK_COLUMNS) if _TASK_TYPES[c] == "DOUBLE")
+_CONTEXT_INDEX = TASK_COLUMNS.index("context")
+
+
+def _jt_type(column: str) -> str:
+    """A task column's type inside JSON_TABLE (bytes travel as hex text)."""
+    sql_type = _TASK_TYPES[column]
+    return "LONGTEXT" if sql_type == "LONGBLOB" else sql_type
+
+
+def _jt_value(column: str, alias: str = "v") -> str:
+    return f"UNHEX({alias}.{column})" if _TASK_TYPES[column] == "LONGBLOB" else f"{alias}.{column}"
+
+
+#: the claim returns each row as one JSON array: json.loads beats PyMySQL's per-column decoding
+_TASK_JSON = (
+    "JSON_ARRAY(" + ", ".join("HEX(context)" if c == "context" else c for c in TASK_COLUMNS) + ")"
+)
+
+_EVENT_COLUMNS = (
+    ("task_id", "BIGINT"), ("root_id", "BIGINT"), ("parent_id", "BIGINT"),
+    ("event_type", "VARCHAR(64)"), ("from_status", "VARCHAR(32)"), ("to_status", "VARCHAR(32)"),
+    ("stage", "INT"), ("worker_id", "VARCHAR(255)"), ("attempt", "INT"), ("event_time", "DOUBLE"),
+    ("message", "LONGTEXT"), ("metadata", "LONGTEXT"),
+)  # fmt: skip
+_EVENT_NAMES = ", ".join(name for name, _ in _EVENT_COLUMNS)
+_INSERT_EVENTS = (
+    f"INSERT INTO {E} ({_EVENT_NAMES}) SELECT {_EVENT_NAMES}"
+    f" FROM {_json_table(_EVENT_COLUMNS)} AS v ORDER BY v.n"
+)
+_OPEN_COLUMNS = (
+    ("task_id", "BIGINT"), ("root_id", "BIGINT"), ("attempt", "INT"),
+    ("worker_id", "VARCHAR(255)"), ("stage", "INT"), ("started_at", "DOUBLE"),
+)  # fmt: skip
+_OPEN_NAMES = ", ".join(name for name, _ in _OPEN_COLUMNS)
+_OPEN_ATTEMPTS = (
+    f"INSERT INTO {A} ({_OPEN_NAMES}, timeout_flag) SELECT {_OPEN_NAMES}, 0"
+    f" FROM {_json_table(_OPEN_COLUMNS)} AS v ORDER BY v.n"
+)
+_CLOSE_ATTEMPTS = (
+    f"UPDATE {A} AS a JOIN "
+    + _json_table(
+        (
+            ("ended_at", "DOUBLE"),
+            ("outcome", "VARCHAR(32)"),
+            ("error", "LONGTEXT"),
+            ("timeout_flag", "INT"),
+            ("ended2", "DOUBLE"),
+            ("task_id", "BIGINT"),
+            ("attempt", "INT"),
+        )
+    )
+    + " AS v ON a.task_id = v.task_id AND a.attempt = v.attempt"
+    " SET a.ended_at = v.ended_at, a.outcome = v.outcome, a.error = v.error,"
+    " a.timeout_flag = v.timeout_flag, a.duration_seconds = v.ended2 - a.started_at"
+    " WHERE a.ended_at IS NULL"
+)
+_INSERT_TASKS = (
+    f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)})"
+    f" SELECT {', '.join(_jt_value(c) for c in INSERT_COLUMNS)}"
+    f" FROM {_json_table([(c, _jt_type(c)) for c in INSERT_COLUMNS])} AS v"
+    " ORDER BY v.n RETURNING id"
+)
+_OWN_ROOTS = (
+    f"UPDATE {T} AS t JOIN JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS v"
+    " ON t.id = v.id SET t.root_id = t.id"
+)
+
 _URL_OPTIONS = ("pool_size", "connect_timeout", "unix_socket")
 
 
@@ -208,13 +306,6 @@ def _retrying(
         raise AssertionError("unreachable")
 
     return run
-
-
-def _values_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-    """A derived table of literal rows (``SELECT %s AS a, ... UNION ALL SELECT ...``)."""
-    first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
-    rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(names))
-    return first + rest * (len(rows) - 1), [v for row in rows for v in row]
 
 
 class _Pool:
@@ -329,6 +420,7 @@ class MysqlStore(SqlStore):
             size=int(_number(options, "pool_size", 8, self.safe_url)),
         )
         self._setup_lock = threading.Lock()
+        self._returning: bool | None = None
 
     def _connect(self) -> Any:
         return pymysql.connect(**self._connect_args)
@@ -416,25 +508,32 @@ class MysqlStore(SqlStore):
     def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
         """Set-based (MySQL has no ``UPDATE ... RETURNING``): per shape of change, one
         ``SELECT ... FOR UPDATE`` finds and locks the rows whose guard holds and one
-        ``UPDATE ... JOIN`` writes them."""
+        ``UPDATE ... JOIN`` writes them, each with its rows as one JSON parameter."""
         held_ids: set[int] = set()
         for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
-            keys: list[tuple[Any, ...]] = []
+            key_columns: list[tuple[str, str]] = [("id", "BIGINT")]
+            guard = "t.id = v.id"
+            if fenced:
+                key_columns += [("w", "VARCHAR(255)"), ("a", "INT")]
+                guard += " AND t.worker_id = v.w AND t.attempt = v.a"
+            if staged:
+                key_columns.append(("s", "INT"))
+                guard += " AND t.stage = v.s"
+            keys: list[list[Any]] = []
             for c in group:
-                key: tuple[Any, ...] = (c.task_id,)
+                key: list[Any] = [c.task_id]
                 if c.fence is not None:
-                    key += (c.fence.worker_id, c.fence.attempt)
+                    key += [c.fence.worker_id, c.fence.attempt]
                 if c.stage is not None:
-                    key += (c.stage,)
+                    key.append(c.stage)
                 keys.append(key)
-            key_cols = (
-                "id" + (", worker_id, attempt" if fenced else "") + (", stage" if staged else "")
-            )
-            one = "(" + ", ".join(["%s"] * len(keys[0])) + ")"
             cur.execute(
-                f"SELECT id FROM {T} WHERE status IN ({', '.join(['%s'] * len(statuses))})"
-                f" AND ({key_cols}) IN ({', '.join([one] * len(keys))}) ORDER BY id FOR UPDATE",
-                [*statuses, *(v for key in keys for v in key)],
+                # JSON rows first, then each task by primary key: locks exactly these rows
+                f"SELECT t.id FROM {_json_table(key_columns)} AS v"
+                f" STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON {guard}"
+                f" WHERE t.status IN ({', '.join(['%s'] * len(statuses))})"
+                " ORDER BY t.id FOR UPDATE",
+                [_json(keys), *statuses],
             )
             ok = {int(r[0]) for r in cur.fetchall()}
             rows = [
@@ -443,35 +542,67 @@ class MysqlStore(SqlStore):
                 if c.task_id in ok
             ]
             if rows:
-                names = ["id", *(f"c{k}" for k in range(len(cols)))]
-                table, params = _values_table(names, rows)
-                sets = ", ".join(f"t.{col} = v.c{k}" for k, col in enumerate(cols))
+                table = _json_table([("id", "BIGINT"), *((col, _jt_type(col)) for col in cols)])
+                sets = ", ".join(f"t.{col} = {_jt_value(col)}" for col in cols)
                 cur.execute(
-                    f"UPDATE {T} AS t JOIN ({table}) AS v ON t.id = v.id SET {sets}", params
+                    f"UPDATE {table} AS v STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY)"
+                    f" ON t.id = v.id SET {sets}",
+                    [_json(rows)],
                 )
             held_ids |= ok
         held = [c.task_id in held_ids for c in changes]
         self._write_held_rows(cur, changes, held)
         return held
 
+    def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cur.execute(_INSERT_EVENTS, (_json(rows),))
+
     def _write_attempts(
         self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
     ) -> None:
-        # as the base, but the closes in one UPDATE ... JOIN instead of one per row
         if opens:
-            cur.executemany(self._q(OPEN_ATTEMPT), opens)
-        if len(closes) == 1:
-            cur.execute(self._q(CLOSE_ATTEMPT), closes[0])
-        elif closes:
-            names = ["ended_at", "outcome", "error", "timeout_flag", "ended2", "task_id", "attempt"]
-            table, params = _values_table(names, closes)
-            cur.execute(
-                f"UPDATE {A} AS a JOIN ({table}) AS v ON a.task_id = v.task_id"
-                " AND a.attempt = v.attempt SET a.ended_at = v.ended_at, a.outcome = v.outcome,"
-                " a.error = v.error, a.timeout_flag = v.timeout_flag,"
-                " a.duration_seconds = v.ended2 - a.started_at WHERE a.ended_at IS NULL",
-                params,
-            )
+            cur.execute(_OPEN_ATTEMPTS, (_json(opens),))
+        if closes:
+            cur.execute(_CLOSE_ATTEMPTS, (_json(closes),))
+
+    def _insert_many(self, cur: Cursor, tasks: Sequence[NewTask]) -> list[int]:
+        """On MariaDB (``INSERT ... RETURNING``), tasks without a ``unique_key`` go in one
+        statement and their events in another; otherwise one by one as the base does."""
+        if (
+            len(tasks) < 2
+            or not self._has_returning(cur)
+            or any(t.values.get("unique_key") is not None for t in tasks)
+        ):
+            return super()._insert_many(cur, tasks)
+        rows = [[self._encode_value(c, t.values.get(c)) for c in INSERT_COLUMNS] for t in tasks]
+        cur.execute(_INSERT_TASKS, (_json(rows),))
+        ids = sorted(int(r[0]) for r in cur.fetchall())
+        if len(ids) != len(tasks):
+            raise StoreError(f"inserted {len(ids)} of {len(tasks)} tasks; nothing was written")
+        own_roots = [i for i, t in zip(ids, tasks, strict=True) if t.values.get("root_id") is None]
+        if own_roots:
+            cur.execute(_OWN_ROOTS, (_json(own_roots),))
+        events: list[tuple[Any, ...]] = []
+        for task_id, task in zip(ids, tasks, strict=True):
+            values = task.values
+            root_id = values.get("root_id")
+            parent_id = values.get("parent_id")
+            events += [
+                self._event_params(task_id, task_id if root_id is None else root_id, parent_id, e)
+                for e in task.events
+            ]
+        self._insert_event_rows(cur, events)
+        return ids
+
+    def _has_returning(self, cur: Cursor) -> bool:
+        """Whether the server is MariaDB (10.5+ has ``INSERT ... RETURNING``; MySQL has not)."""
+        if self._returning is None:
+            cur.execute("SELECT VERSION()")
+            version = str(cur.fetchone()[0])
+            major_minor = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+            self._returning = "mariadb" in version.lower() and major_minor >= (10, 5)
+        return self._returning
 
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         names = sorted(request.names)
@@ -484,13 +615,22 @@ class MysqlStore(SqlStore):
             params.append(f"^({one})(,({one}))*$")
         params.append(fetch)
         cur.execute(
-            f"SELECT {TASK_SELECT} FROM {T} FORCE INDEX (tideflow_tasks_claim)"
+            f"SELECT {_TASK_JSON} FROM {T} FORCE INDEX (tideflow_tasks_claim)"
             f" WHERE claimable = 1 AND next_run_time <= %s"
             f" AND name IN ({', '.join(['%s'] * len(names))}) AND ({requires})"
             " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED",
             params,
         )
-        return list(cur.fetchall())
+        rows = []
+        for (text,) in cur.fetchall():
+            row = json.loads(text)
+            for i in _FLOAT_COLUMNS:
+                if row[i] is not None:
+                    row[i] = float(row[i])
+            if row[_CONTEXT_INDEX] is not None:
+                row[_CONTEXT_INDEX] = bytes.fromhex(row[_CONTEXT_INDEX])
+            rows.append(row)
+        return rows
 
     # --- schema ----------------------------------------------------------------------------------
     def _lock_name(self) -> str:
