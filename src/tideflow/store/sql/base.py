@@ -20,6 +20,7 @@ from tideflow.core.types import (
     Change,
     ClaimRequest,
     EventFilter,
+    FanIn,
     NewEvent,
     NewTask,
     TaskFilter,
@@ -287,29 +288,39 @@ class SqlStore:
         ]
 
     def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Apply changes in order: runs of simple changes (no children, no fan-in, each task
-        once) go to :meth:`_apply_simple` together; the others to :meth:`_apply_one`."""
+        """Apply changes in order: runs of changes without children, each task once, go to
+        :meth:`_apply_simple` together, then their parents' fan-in (one counter update per
+        parent and round); a change with children goes to :meth:`_apply_one`. A run ends
+        before a task it already touches (as a change or as a parent to count on) comes again,
+        so every task sees its changes in the order given."""
         results: list[bool] = [False] * len(changes)
         run: list[int] = []
         tasks: set[int] = set()
+        parents: set[int] = set()
 
         def flush() -> None:
             if run:
                 held = self._apply_simple(cur, [changes[i] for i in run])
                 for i, ok in zip(run, held, strict=True):
                     results[i] = ok
+                fans = [changes[i].fan_in for i in run if results[i]]
+                self._count_children(cur, [f for f in fans if f is not None])
             run.clear()
             tasks.clear()
+            parents.clear()
 
         for i, change in enumerate(changes):
-            if change.children or change.fan_in is not None:
+            if change.children:
                 flush()
                 results[i] = self._apply_one(cur, change)
                 continue
-            if change.task_id in tasks:
+            parent = change.fan_in.parent_id if change.fan_in is not None else None
+            if change.task_id in tasks or change.task_id in parents or parent in tasks:
                 flush()
             run.append(i)
             tasks.add(change.task_id)
+            if parent is not None:
+                parents.add(parent)
         flush()
         return results
 
@@ -450,43 +461,49 @@ class SqlStore:
             [close_params(change)] if change.attempt_close is not None else [],
         )
         if change.fan_in is not None:
-            self._fan_in(cur, change)
+            self._count_children(cur, [change.fan_in])
         return True
 
-    def _fan_in(self, cur: Cursor, change: Change) -> None:
-        fan_in = change.fan_in
-        assert fan_in is not None
-        parent_id = fan_in.parent_id
-        # the UPDATE row-locks the parent, so concurrent children are counted one at a time
-        cur.execute(
-            self._q(
-                f"UPDATE {T} SET completed_children = completed_children + ?"
-                " WHERE id = ? AND stage = ? AND status = 'suspended'"
-            ),
-            (fan_in.delta, parent_id, fan_in.stage),
-        )
-        if cur.rowcount != 1 or fan_in.resume is None:
-            return
-        cur.execute(
-            self._q(f"SELECT completed_children, total_children, parent_id FROM {T} WHERE id = ?"),
-            (parent_id,),
-        )
-        found = cur.fetchone()
-        if found is None or int(found[0]) < int(found[1]):
-            return
-        resume = fan_in.resume
-        self._apply_one(
-            cur,
-            Change(
-                task_id=resume.task_id,
-                root_id=resume.root_id,
-                parent_id=found[2],
-                from_statuses=resume.from_statuses,
-                values=resume.values,
-                events=resume.events,
-                stage=resume.stage,
-            ),
-        )
+    def _count_children(self, cur: Cursor, fans: Sequence[FanIn]) -> None:
+        """Count finished children on their parents: one counter update per parent and round
+        (parents in id order, so concurrent batches lock them in the same order); a parent
+        whose round is complete is resumed in the same transaction."""
+        rounds: dict[tuple[int, int], list[FanIn]] = {}
+        for fan in fans:
+            rounds.setdefault((fan.parent_id, fan.stage), []).append(fan)
+        for (parent_id, stage), group in sorted(rounds.items()):
+            # the UPDATE row-locks the parent, so concurrent batches are counted one at a time
+            cur.execute(
+                self._q(
+                    f"UPDATE {T} SET completed_children = completed_children + ?"
+                    " WHERE id = ? AND stage = ? AND status = 'suspended'"
+                ),
+                (sum(f.delta for f in group), parent_id, stage),
+            )
+            resume = next((f.resume for f in reversed(group) if f.resume is not None), None)
+            if cur.rowcount != 1 or resume is None:
+                continue
+            cur.execute(
+                self._q(
+                    f"SELECT completed_children, total_children, parent_id FROM {T} WHERE id = ?"
+                ),
+                (parent_id,),
+            )
+            found = cur.fetchone()
+            if found is None or int(found[0]) < int(found[1]):
+                continue
+            self._apply_one(
+                cur,
+                Change(
+                    task_id=resume.task_id,
+                    root_id=resume.root_id,
+                    parent_id=found[2],
+                    from_statuses=resume.from_statuses,
+                    values=resume.values,
+                    events=resume.events,
+                    stage=resume.stage,
+                ),
+            )
 
     def get_task(self, task_id: int) -> TaskRow | None:
         with self._read() as cur:
