@@ -349,7 +349,7 @@ def resolve_policy(
             values[name] = registration[name]
         elif parent is not None and name in PARENT_INHERITED:
             values[name] = parent[name]
-    return dataclasses.replace(manager, **values)
+    return dataclasses.replace(manager, **values) if values else manager
 
 
 def schedule_time(now: float, delay: float | None, run_at: datetime | None) -> float:

@@ -29,6 +29,8 @@ from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
     INSERT_COLUMNS,
+    INSERT_EVENT,
+    OPEN_ATTEMPT,
     TASK_SELECT,
     A,
     Cursor,
@@ -191,6 +193,11 @@ def _column_types(ddl: str) -> dict[str, str]:
 _COLUMN_TYPES = _column_types(MIGRATIONS[1][0])
 
 
+def _q_style(sql: str) -> str:
+    """A portable ``?`` statement in psycopg's ``%s`` style."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
 def _json(rows: Sequence[Sequence[Any]]) -> str:
     """Rows as one JSON array of arrays: a single parameter however many rows (bytes as hex)."""
     return json.dumps(rows, separators=(",", ":"), default=bytes.hex)
@@ -205,6 +212,12 @@ def _json_rows(types: Sequence[str]) -> str:
     return f"SELECT {cols} FROM json_array_elements(%s::json) AS e"
 
 
+#: below this many rows, plain pipelined INSERTs beat COPY (which costs round trips of its own)
+COPY_MIN_ROWS = 32
+_INSERT_EVENT = _q_style(INSERT_EVENT)
+_OPEN_ATTEMPT = _q_style(OPEN_ATTEMPT)
+_ROOT_PARAM = 1 + INSERT_COLUMNS.index("root_id")
+_JITTER_PARAM = 1 + INSERT_COLUMNS.index("retry_jitter")
 _TASK_TYPES = ("bigint", *(_COLUMN_TYPES[c] for c in INSERT_COLUMNS))
 _COPY_TASKS = f"COPY {T} (id, {', '.join(INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _EVENT_TYPES = (
@@ -332,10 +345,14 @@ class _Tx:
 
     def finish(self) -> None:
         """Write the held-back audit rows, then whatever must precede the commit."""
-        if self.events:
+        if len(self.events) >= COPY_MIN_ROWS:
             self.copy(_COPY_EVENTS, _EVENT_TYPES, self.events)
-        if self.opens:
+        elif self.events:
+            self.executemany(_INSERT_EVENT, self.events)
+        if len(self.opens) >= COPY_MIN_ROWS:
             self.copy(_COPY_OPENS, _OPEN_TYPES, self.opens)
+        elif self.opens:
+            self.executemany(_OPEN_ATTEMPT, self.opens)
         if self.closes:
             self.execute(_CLOSE_ATTEMPTS, (_json(self.closes),))
         if self.notify:
@@ -531,11 +548,9 @@ class PostgresStore(SqlStore):
             root_id = values.get("root_id")
             if root_id is None:
                 root_id = task_id
-            params = [task_id]
-            params += [
-                root_id if c == "root_id" else self._encode_value(c, values.get(c))
-                for c in INSERT_COLUMNS
-            ]
+            params = [task_id, *map(values.get, INSERT_COLUMNS)]
+            params[_ROOT_PARAM] = root_id
+            params[_JITTER_PARAM] = 1 if params[_JITTER_PARAM] else 0
             key = values.get("unique_key")
             if key is not None:
                 found = self._insert_unique(cur, params, key)
@@ -549,9 +564,11 @@ class PostgresStore(SqlStore):
             events += [self._event_params(task_id, root_id, parent_id, e) for e in task.events]
             if _due_now(values, now):
                 _notify(cur)
-        if rows:
+        if len(rows) >= COPY_MIN_ROWS:
             assert isinstance(cur, _Tx)
             cur.copy(_COPY_TASKS, _TASK_TYPES, rows)
+        elif rows:
+            cur.executemany(_INSERT_TASK, rows)
         self._insert_event_rows(cur, events)
         return ids
 
