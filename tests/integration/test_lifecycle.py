@@ -776,3 +776,43 @@ def test_payload_and_result_round_trip(make_manager: Any) -> None:
     assert [seen[i] for i in ids] == ROUND_TRIP_VALUES
     assert results == ROUND_TRIP_VALUES
     assert [type(r) for r in results] == [type(v) for v in ROUND_TRIP_VALUES]
+
+
+# the batched write paths build their own literals or JSON; every byte must come back unchanged
+AWKWARD = [
+    'it\'s "quoted"',
+    "back\\slash \\' \\\\",
+    "percent %s %% %(x)s",
+    "new\nline\ttab\r\x1a",
+    "héllo 世界 🎉",
+    "NULL",
+    "",
+]
+
+
+def test_awkward_text_survives_every_batched_write(make_manager: Any) -> None:
+    tm = make_manager()
+
+    async def echo(task: Any) -> Any:
+        task.progress(task.payload["text"] or "-", progress_percent=50)
+        return {"back": task.payload["text"]}
+
+    async def fail(task: Any) -> None:
+        raise ValueError(task.payload["text"])
+
+    tm.use("echo", echo)
+    tm.use("fail", fail, max_retries=1)
+    ok_ids = tm.submit_many([("echo", {"text": t}) for t in AWKWARD])
+    bad_ids = tm.submit_many([("fail", {"text": t}) for t in AWKWARD])
+    tm.start()
+    for task_id, text in zip(ok_ids, AWKWARD, strict=True):
+        info = wait_for_status(tm, task_id, "completed")
+        assert info.payload == {"text": text}
+        assert info.result == {"back": text}
+        assert info.progress_text == (text or "-")
+    for task_id, text in zip(bad_ids, AWKWARD, strict=True):
+        info = wait_for_status(tm, task_id, "permanently_failed")
+        assert info.error.startswith(f"ValueError: {text}")
+        (attempt,) = tm.query_task_attempts(task_id).items
+        assert attempt.outcome == "failed"
+        assert attempt.error == info.error
