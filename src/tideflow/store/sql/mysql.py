@@ -248,14 +248,10 @@ _TASK_JSON = (
     "JSON_ARRAY(" + ", ".join("HEX(context)" if c == "context" else c for c in TASK_COLUMNS) + ")"
 )
 
-_EVENT_COLUMNS = (
-    ("task_id", "BIGINT"), ("root_id", "BIGINT"), ("parent_id", "BIGINT"),
-    ("event_type", "VARCHAR(64)"), ("from_status", "VARCHAR(32)"), ("to_status", "VARCHAR(32)"),
-    ("stage", "INT"), ("worker_id", "VARCHAR(255)"), ("attempt", "INT"), ("event_time", "DOUBLE"),
-    ("message", "LONGTEXT"), ("metadata", "LONGTEXT"),
-)  # fmt: skip
-_EVENT_NAMES = ", ".join(name for name, _ in _EVENT_COLUMNS)
-_INSERT_EVENTS = f"INSERT INTO {E} ({_EVENT_NAMES}) VALUES "
+_INSERT_EVENTS = (
+    f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
+    " worker_id, attempt, event_time, message, metadata) VALUES "
+)
 _OPEN_ATTEMPTS = (
     f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
     " VALUES "

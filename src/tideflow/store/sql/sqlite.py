@@ -137,7 +137,7 @@ def _covers(requires: str | None, capabilities: str) -> int:
 
 
 #: rows per set-based UPDATE (well under SQLite's 32,766 bound parameters)
-_CHUNK = 250
+_CHUNK = 256
 
 
 class SqliteStore(SqlStore):
@@ -232,6 +232,9 @@ class SqliteStore(SqlStore):
             row_marks = "(" + ", ".join("?" * width) + ")"
             for start in range(0, len(group), _CHUNK):
                 chunk = group[start : start + _CHUNK]
+                # padded to a power of two with rows that match nothing (NULL ids), so a few
+                # statement texts cover every batch and stay in sqlite3's statement cache
+                size = 1 << (len(chunk) - 1).bit_length()
                 params: list[Any] = []
                 for c in chunk:
                     params.append(c.task_id)
@@ -241,8 +244,9 @@ class SqliteStore(SqlStore):
                         params += [c.fence.worker_id, c.fence.attempt]
                     if staged:
                         params.append(c.stage)
+                params += [None] * (width * (size - len(chunk)))
                 cur.execute(
-                    f"UPDATE {T} SET {sets} FROM (VALUES {', '.join([row_marks] * len(chunk))})"
+                    f"UPDATE {T} SET {sets} FROM (VALUES {', '.join([row_marks] * size)})"
                     f" AS v WHERE {T}.id = v.column1 AND {guard} RETURNING {T}.id",
                     [*params, *statuses],
                 )
