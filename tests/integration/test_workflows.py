@@ -832,3 +832,48 @@ def test_retried_child_is_counted_once(make_manager: Any) -> None:
     assert info.result == ["completed", "completed"]
     assert runs == [0, 1, 2]
     assert event_types(tm, parent_id).count("task_resumed") == 2
+
+
+def _claim_all(tm: Any, name: str, worker_id: str, limit: int) -> list[Any]:
+    from tideflow.core import lifecycle
+    from tideflow.core.types import ClaimRequest
+
+    now = time.time()
+    return list(
+        tm._store.claim(
+            ClaimRequest(
+                worker_id=worker_id,
+                now=now,
+                limit=limit,
+                names={name: None},
+                capabilities=frozenset(),
+                plan=lifecycle.claim(worker_id, now),
+            )
+        )
+    )
+
+
+def test_children_finishing_in_one_batch_count_once_and_resume_once(make_manager: Any) -> None:
+    from tideflow.core import cron, lifecycle
+
+    tm = make_manager(allow_unregistered=True)
+    tm.use("parent", lambda task: task.next([{"name": "kid", "payload": i} for i in range(3)]))
+    parent_id = tm.submit("parent")
+    tm.start()
+    wait_for_status(tm, parent_id, "suspended")
+    tm.stop(timeout=5)
+
+    kids = _claim_all(tm, "kid", "w-batch", 3)
+    assert len(kids) == 3
+    now = time.time()
+    # the three outcomes and a second copy of the first (a stale duplicate) in one batch
+    changes = [lifecycle.complete(k, str(k.payload), now, cron.next_tick) for k in kids]
+    held = tm._store.apply([*changes, changes[0]])
+    assert held == [True, True, True, False]
+
+    info = tm.get_task(parent_id)
+    assert (info.status, info.stage) == ("pending", 1)
+    resumed = events(tm, parent_id, "task_resumed")
+    assert [meta(e).get("resume_reason") for e in resumed] == ["children_completed"]
+    row = tm._store.get_task(parent_id)
+    assert (row.completed_children, row.total_children) == (3, 3)
