@@ -254,12 +254,6 @@ class Worker:
             expires_at=now + settings.worker_heartbeat_timeout,
         )
 
-    async def _sleep(self, seconds: float) -> None:
-        assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        self._wake.clear()
-
     def _claim_request(self, now: float) -> ClaimRequest | None:
         settings = self._settings()
         share = -(-settings.max_concurrent_tasks // self._parallel)
@@ -319,8 +313,6 @@ class Worker:
                 )
             finally:
                 waiter.cancel()
-            if waiter in done or not done:
-                idle_until = 0.0
             for trip in done & self._exchanges:
                 self._exchanges.discard(trip)
                 if trip.cancelled() or trip.exception() is not None:
@@ -328,6 +320,8 @@ class Worker:
                     idle_until = time.monotonic() + poll
                 elif trip.result():
                     idle_until = time.monotonic() + poll
+            if waiter in done or not done:
+                idle_until = 0.0  # poked (a submit, a freed slot) or the poll came round
         if self._exchanges:
             await asyncio.wait(self._exchanges)
 
@@ -348,7 +342,6 @@ class Worker:
             return True
         for row in rows:
             self._launch(row)
-        self._poke()
         return request is not None and len(rows) < request.limit
 
     async def _exchange(
@@ -451,20 +444,18 @@ class Worker:
         value: Any = None
         error: BaseException | None = None
         timed_out = False
-        if reg.is_async:
+        if reg.is_async and remaining <= 0:
+            timed_out = True  # already past its deadline when its turn came
+        elif reg.is_async:
             try:
-                if remaining <= 0:
-                    raise asyncio.CancelledError  # already past its deadline
                 value = await reg.handler(*args)
             except asyncio.CancelledError as exc:
                 current = asyncio.current_task()
-                cancelling = current.cancelling() if current is not None else 0
-                if remaining <= 0 or (a.state.timed_out and cancelling == 1 and not a.abandoned):
-                    assert current is not None
-                    if cancelling:
-                        current.uncancel()
-                    timed_out = True  # cancelled by the deadline watch
-                elif cancelling:
+                assert current is not None
+                if a.state.timed_out and current.cancelling() == 1 and not a.abandoned:
+                    current.uncancel()
+                    timed_out = True  # cancelled by the deadline watch (_expire)
+                elif current.cancelling():
                     if not a.abandoned:
                         raise  # the worker itself is being torn down
                 else:
@@ -654,8 +645,8 @@ class Worker:
     async def _shutdown(self) -> None:
         self._poke()
         # a claim already on its way must land first, or its rows would start after the release
-        while self._reserved:
-            await asyncio.sleep(0.005)
+        if self._exchanges:
+            await asyncio.wait(set(self._exchanges))
         deadline = time.monotonic() + self._stop_timeout
         while self._active and time.monotonic() < deadline:
             runners = [a.runner for a in self._active.values() if a.runner is not None]

@@ -352,6 +352,19 @@ class SqlStore:
             shapes.setdefault(shape, []).append(change)
         return shapes
 
+    def _shape_rows(self, cols: Sequence[str], group: Sequence[Change]) -> list[list[Any]]:
+        """One row per change of one shape: task id, the new values of ``cols``, then the fence
+        (worker id, attempt) and the stage where the shape guards on them."""
+        rows: list[list[Any]] = []
+        for c in group:
+            row = [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
+            if c.fence is not None:
+                row += [c.fence.worker_id, c.fence.attempt]
+            if c.stage is not None:
+                row.append(c.stage)
+            rows.append(row)
+        return rows
+
     def _held_rows(
         self, changes: Sequence[Change], held: Sequence[bool]
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:

@@ -30,6 +30,7 @@ import queue
 import re
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -38,7 +39,7 @@ import pymysql
 from pymysql.constants import CLIENT
 from pymysql.converters import escape_string
 
-from tideflow.core.types import TASK_COLUMNS, Change, ClaimRequest, NewTask
+from tideflow.core.types import TASK_COLUMNS, Change, ClaimRequest, NewTask, TaskRow
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
@@ -177,13 +178,12 @@ _TRIES = 5
 
 
 def _json_table(columns: Sequence[tuple[str, str]]) -> str:
-    """``JSON_TABLE`` over one parameter, a JSON array of rows (each an array), as typed columns
-    plus ``n`` (the row's ordinal): a batch crosses in one escaped string instead of one
-    escaped parameter per value, which is what PyMySQL spends most of its time on."""
+    """``JSON_TABLE`` over one parameter, a JSON array of rows (each an array), as typed
+    columns: the keys cross in one escaped string instead of one escaped parameter each."""
     cols = ", ".join(
         f"{name} {sql_type} PATH '$[{k}]'" for k, (name, sql_type) in enumerate(columns)
     )
-    return f"JSON_TABLE(%s, '$[*]' COLUMNS (n FOR ORDINALITY, {cols}))"
+    return f"JSON_TABLE(%s, '$[*]' COLUMNS ({cols}))"
 
 
 def _json(rows: Sequence[Any]) -> str:
@@ -226,20 +226,12 @@ def _derived(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return " UNION ALL ".join([first, *rest])
 
 
-def _ddl_types(ddl: str) -> dict[str, str]:
-    """Column name to SQL type, read off a CREATE TABLE statement."""
-    found: dict[str, str] = {}
-    for line in ddl.splitlines():
-        name, _, rest = line.strip().partition(" ")
-        kind = rest.split(" ", 1)[0].rstrip(",")
-        generated = name in ("claimable", "open_unique_key")
-        if name.islower() and not generated and kind[:1].isupper() and kind != "AS":
-            found[name] = kind
-    return found
-
-
-_TASK_TYPES = _ddl_types(MIGRATIONS[1][0])
-_FLOAT_COLUMNS = tuple(i for i, c in enumerate(TASK_COLUMNS) if _TASK_TYPES[c] == "DOUBLE")
+#: columns read back as floats (JSON writes 60.0 as 60)
+_FLOAT_COLUMNS = tuple(
+    i
+    for i, hint in enumerate(typing.get_type_hints(TaskRow).values())
+    if float in (hint, *typing.get_args(hint))
+)
 _CONTEXT_INDEX = TASK_COLUMNS.index("context")
 
 
@@ -265,10 +257,6 @@ _CLOSE_ATTEMPTS = (
     " WHERE a.ended_at IS NULL"
 )
 _INSERT_TASKS = f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)}) VALUES {{}} RETURNING id"
-_OWN_ROOTS = (
-    f"UPDATE {T} AS t JOIN JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS v"
-    " ON t.id = v.id SET t.root_id = t.id"
-)
 
 _URL_OPTIONS = ("pool_size", "connect_timeout", "unix_socket")
 
@@ -518,14 +506,8 @@ class MysqlStore(SqlStore):
             if staged:
                 key_columns.append(("s", "INT"))
                 guard += " AND t.stage = v.s"
-            keys: list[list[Any]] = []
-            for c in group:
-                key: list[Any] = [c.task_id]
-                if c.fence is not None:
-                    key += [c.fence.worker_id, c.fence.attempt]
-                if c.stage is not None:
-                    key.append(c.stage)
-                keys.append(key)
+            shaped = self._shape_rows(cols, group)
+            keys = [[row[0], *row[1 + len(cols) :]] for row in shaped]
             cur.execute(
                 # JSON rows first, then each task by primary key: locks exactly these rows
                 f"SELECT t.id FROM {_json_table(key_columns)} AS v"
@@ -535,11 +517,7 @@ class MysqlStore(SqlStore):
                 [_json(keys), *statuses],
             )
             ok = {int(r[0]) for r in cur.fetchall()}
-            rows = [
-                [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
-                for c in group
-                if c.task_id in ok
-            ]
+            rows = [row[: 1 + len(cols)] for row in shaped if row[0] in ok]
             if rows:
                 names = ["id", *(f"c{k}" for k in range(len(cols)))]
                 sets = ", ".join(f"t.{col} = v.c{k}" for k, col in enumerate(cols))
@@ -580,7 +558,7 @@ class MysqlStore(SqlStore):
             raise StoreError(f"inserted {len(ids)} of {len(tasks)} tasks; nothing was written")
         own_roots = [i for i, t in zip(ids, tasks, strict=True) if t.values.get("root_id") is None]
         if own_roots:
-            cur.execute(_OWN_ROOTS, (_json(own_roots),))
+            cur.execute(f"UPDATE {T} SET root_id = id WHERE id IN ({_values([own_roots])[1:-1]})")
         events: list[tuple[Any, ...]] = []
         for task_id, task in zip(ids, tasks, strict=True):
             values = task.values

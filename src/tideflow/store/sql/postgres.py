@@ -475,7 +475,7 @@ class PostgresStore(SqlStore):
     def _q(self, sql: str) -> str:
         cached = self._sql_cache.get(sql)
         if cached is None:
-            cached = sql.replace("%", "%%").replace("?", "%s")
+            cached = _q_style(sql)
             self._sql_cache[sql] = cached
         return cached
 
@@ -594,21 +594,13 @@ class PostgresStore(SqlStore):
         assert isinstance(cur, _Tx)
         pending = []
         for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
+            rows = self._shape_rows(cols, group)
             types = ["bigint", *(_COLUMN_TYPES[col] for col in cols)]
-            rows: list[list[Any]] = [
-                [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
-                for c in group
-            ]
             guard = ""
             if fenced:
-                for row, c in zip(rows, group, strict=True):
-                    assert c.fence is not None
-                    row += [c.fence.worker_id, c.fence.attempt]
                 types += ["text", "integer"]
                 guard += f" AND t.worker_id = v.c{len(cols) + 1} AND t.attempt = v.c{len(cols) + 2}"
             if staged:
-                for row, c in zip(rows, group, strict=True):
-                    row.append(c.stage)
                 types.append("integer")
                 guard += f" AND t.stage = v.c{len(types) - 1}"
             sets = ", ".join(f"{col} = v.c{k + 1}" for k, col in enumerate(cols))

@@ -235,15 +235,7 @@ class SqliteStore(SqlStore):
                 # padded to a power of two with rows that match nothing (NULL ids), so a few
                 # statement texts cover every batch and stay in sqlite3's statement cache
                 size = 1 << (len(chunk) - 1).bit_length()
-                params: list[Any] = []
-                for c in chunk:
-                    params.append(c.task_id)
-                    params += [self._encode_value(col, c.values[col]) for col in cols]
-                    if fenced:
-                        assert c.fence is not None
-                        params += [c.fence.worker_id, c.fence.attempt]
-                    if staged:
-                        params.append(c.stage)
+                params = [v for row in self._shape_rows(cols, chunk) for v in row]
                 params += [None] * (width * (size - len(chunk)))
                 cur.execute(
                     f"UPDATE {T} SET {sets} FROM (VALUES {', '.join([row_marks] * size)})"
