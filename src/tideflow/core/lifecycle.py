@@ -58,20 +58,26 @@ def _events(
     message: str | None = None,
     metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[NewEvent, ...]:
+    # positional: this runs for every event of every task, and keyword construction of a
+    # named tuple costs several times more
+    from_status = row.status if row.status != NEW else None
+    at_stage = row.stage if stage is None else stage
     meta = metadata or {}
     return tuple(
-        NewEvent(
-            event_type=name,
-            from_status=row.status if row.status != NEW else None,
-            to_status=t.target,
-            stage=row.stage if stage is None else stage,
-            worker_id=worker_id,
-            attempt=attempt,
-            event_time=now,
-            message=message,
-            metadata=meta.get(name),
-        )
-        for name in t.events
+        [
+            NewEvent(
+                name,
+                from_status,
+                t.target,
+                at_stage,
+                worker_id,
+                attempt,
+                now,
+                message,
+                meta.get(name),
+            )
+            for name in t.events
+        ]
     )
 
 
