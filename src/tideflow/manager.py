@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -12,17 +14,19 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from tideflow.core import codec, cron, lifecycle
+from tideflow.core import audit, codec, cron, lifecycle
 from tideflow.core.options import (
     TASK_OPTIONS,
     UNSET,
     ManagerSettings,
     resolve_policy,
+    retention_cutoff,
     schedule_time,
     validate_options,
 )
 from tideflow.core.records import task_info, worker_info
 from tideflow.core.registry import Registration, Registry, make_registration, validate_name
+from tideflow.core.states import ATTEMPT_OUTCOMES
 from tideflow.core.types import Change, EventFilter, NewTask, TaskFilter, TaskRow
 from tideflow.errors import (
     HandlerRegistrationError,
@@ -36,11 +40,14 @@ from tideflow.models import (
     HandlerInfo,
     Page,
     TaskAttempt,
+    TaskAudit,
     TaskEvent,
     TaskInfo,
     WorkerInfo,
+    WorkflowAudit,
     parse_status,
 )
+from tideflow.store import retention
 from tideflow.store.factory import open_store
 from tideflow.store.protocol import Store
 from tideflow.worker.runtime import Worker
@@ -82,6 +89,32 @@ def _check_id(task_id: Any) -> int:
             return int(task_id)
         raise InvalidOptionError(f"a task id must be an integer, got {task_id!r}")
     return task_id
+
+
+def _keywords(
+    given: Mapping[str, Any] | None,
+    what: str,
+    method: Callable[..., Any],
+    *,
+    exclude: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``given`` checked against the keyword-only parameters of ``method``."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise InvalidOptionError(f"{what} must be a dict of query keywords, got {given!r}")
+    allowed = {
+        name
+        for name, p in inspect.signature(method).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in exclude
+    }
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown {what} keyword(s) {', '.join(map(repr, unknown))};"
+            f" allowed: {', '.join(sorted(allowed))}"
+        )
+    return dict(given)
 
 
 def _check_page(limit: int | None, offset: int, order: str) -> None:
@@ -527,6 +560,18 @@ class TaskManager:
         self._ensure_setup()
         return self._store.delete_tasks(query)
 
+    def run_retention(self, policy: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """Delete expired workflows now, in bounded batches: a root task and everything under
+        it go together once every one of them is in the retention statuses and was last active
+        more than ``expire_time`` ago (running and suspended tasks never are; nor, therefore,
+        the parents of live children). ``policy`` (``expire_time``, ``statuses``, ``now``, any
+        subset) overrides the manager's ``retention`` for this run. Returns
+        ``{"tasks_deleted", "events_deleted", "attempts_deleted"}``."""
+        before, statuses = retention_cutoff(self._settings, policy, time.time())
+        self._check_open()
+        self._ensure_setup()
+        return retention.sweep(self._store, before, statuses)
+
     def query_tasks(
         self,
         *,
@@ -582,13 +627,76 @@ class TaskManager:
         offset: int = 0,
         order: str = "asc",
     ) -> Page[TaskEvent]:
-        """The audit events of one task."""
+        """The audit events of one task (``started_*`` bound the event time)."""
+        return self._event_page(
+            EventFilter(task_id=_check_id(task_id)),
+            event_type=event_type,
+            event_types=event_types,
+            worker_id=worker_id,
+            attempt=attempt,
+            stage=stage,
+            started_after=started_after,
+            started_before=started_before,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+
+    def query_workflow_events(
+        self,
+        root_id: int,
+        *,
+        event_type: str | None = None,
+        event_types: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskEvent]:
+        """The audit events of every task of the workflow rooted at ``root_id``."""
+        return self._event_page(
+            EventFilter(root_id=_check_id(root_id)),
+            event_type=event_type,
+            event_types=event_types,
+            worker_id=worker_id,
+            attempt=attempt,
+            stage=stage,
+            started_after=started_after,
+            started_before=started_before,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+
+    def _event_page(
+        self,
+        scope: EventFilter,
+        *,
+        event_type: str | None = None,
+        event_types: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskEvent]:
         _check_page(limit, offset, order)
+        if isinstance(event_types, str):
+            raise InvalidOptionError(
+                f"event_types must be a list of event types, got the string {event_types!r}"
+            )
         types = list(event_types or [])
         if event_type is not None:
             types.append(event_type)
-        query = EventFilter(
-            task_id=_check_id(task_id),
+        query = dataclasses.replace(
+            scope,
             event_types=types or None,
             worker_id=worker_id,
             attempt=attempt,
@@ -610,17 +718,90 @@ class TaskManager:
         *,
         worker_id: str | None = None,
         outcome: str | None = None,
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        ended_after: datetime | float | None = None,
+        ended_before: datetime | float | None = None,
         open_only: bool = False,
         limit: int | None = None,
         offset: int = 0,
         order: str = "asc",
     ) -> Page[TaskAttempt]:
-        """The execution rounds of one task."""
-        _check_page(limit, offset, order)
-        query = EventFilter(
-            task_id=_check_id(task_id),
+        """The execution rounds of one task (``open_only``: only the one running now)."""
+        return self._attempt_page(
+            EventFilter(task_id=_check_id(task_id)),
             worker_id=worker_id,
             outcome=outcome,
+            started_after=started_after,
+            started_before=started_before,
+            ended_after=ended_after,
+            ended_before=ended_before,
+            open_only=open_only,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+
+    def query_workflow_attempts(
+        self,
+        root_id: int,
+        *,
+        worker_id: str | None = None,
+        outcome: str | None = None,
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        ended_after: datetime | float | None = None,
+        ended_before: datetime | float | None = None,
+        open_only: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskAttempt]:
+        """The execution rounds of every task of the workflow rooted at ``root_id``."""
+        return self._attempt_page(
+            EventFilter(root_id=_check_id(root_id)),
+            worker_id=worker_id,
+            outcome=outcome,
+            started_after=started_after,
+            started_before=started_before,
+            ended_after=ended_after,
+            ended_before=ended_before,
+            open_only=open_only,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+
+    def _attempt_page(
+        self,
+        scope: EventFilter,
+        *,
+        worker_id: str | None = None,
+        outcome: str | None = None,
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        ended_after: datetime | float | None = None,
+        ended_before: datetime | float | None = None,
+        open_only: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> Page[TaskAttempt]:
+        _check_page(limit, offset, order)
+        if outcome is not None and outcome not in ATTEMPT_OUTCOMES:
+            raise InvalidOptionError(
+                f"outcome must be one of {', '.join(sorted(ATTEMPT_OUTCOMES))}, got {outcome!r}"
+            )
+        if not isinstance(open_only, bool):
+            raise InvalidOptionError(f"open_only must be True or False, got {open_only!r}")
+        query = dataclasses.replace(
+            scope,
+            worker_id=worker_id,
+            outcome=outcome,
+            started_after=_ts(started_after, "started_after"),
+            started_before=_ts(started_before, "started_before"),
+            ended_after=_ts(ended_after, "ended_after"),
+            ended_before=_ts(ended_before, "ended_before"),
             open_only=open_only,
             limit=limit,
             offset=offset,
@@ -630,6 +811,58 @@ class TaskManager:
         self._ensure_setup()
         items, total = self._store.query_attempts(query)
         return Page(items, total, limit, offset, offset + len(items) < total)
+
+    def get_task_audit(
+        self,
+        task_id: int,
+        *,
+        events: Mapping[str, Any] | None = None,
+        attempts: Mapping[str, Any] | None = None,
+    ) -> TaskAudit:
+        """A task with its events and attempts; ``events`` and ``attempts`` are the keywords of
+        :meth:`query_task_events` and :meth:`query_task_attempts` as dicts. An unknown id gives
+        ``task=None`` and empty pages."""
+        event_filters = _keywords(events, "events", self.query_task_events)
+        attempt_filters = _keywords(attempts, "attempts", self.query_task_attempts)
+        task_id = _check_id(task_id)
+        return TaskAudit(
+            task=self.get_task(task_id),
+            events=self.query_task_events(task_id, **event_filters),
+            attempts=self.query_task_attempts(task_id, **attempt_filters),
+        )
+
+    def get_workflow_audit(
+        self,
+        root_id: int,
+        *,
+        tasks: Mapping[str, Any] | None = None,
+        events: Mapping[str, Any] | None = None,
+    ) -> WorkflowAudit:
+        """A workflow's root with its tasks and events; ``tasks`` and ``events`` are the keywords
+        of :meth:`query_tasks` (without the root filters) and :meth:`query_workflow_events` as
+        dicts. An unknown id gives ``root_task=None`` and empty pages."""
+        task_filters = _keywords(
+            tasks, "tasks", self.query_tasks, exclude=("root_id", "workflow_root_id")
+        )
+        event_filters = _keywords(events, "events", self.query_workflow_events)
+        root_id = _check_id(root_id)
+        return WorkflowAudit(
+            root_task=self.get_task(root_id),
+            tasks=self.query_tasks(workflow_root_id=root_id, **task_filters),
+            events=self.query_workflow_events(root_id, **event_filters),
+        )
+
+    def get_workflow_audit_summary(self, root_id: int) -> dict[str, Any]:
+        """Counts, timings, failed tasks, the critical path and the 5 slowest attempts of the
+        workflow rooted at ``root_id`` (SPEC Appendix A), from the rows still stored. It reads
+        the whole workflow: meant for diagnosis, not for a hot path."""
+        root_id = _check_id(root_id)
+        return audit.workflow_summary(
+            self.get_task(root_id),
+            self.query_tasks(workflow_root_id=root_id).items,
+            self.query_workflow_attempts(root_id).items,
+            self.query_workflow_events(root_id).items,
+        )
 
     def get_workers(self, status: str | None = None) -> list[WorkerInfo]:
         """Registered workers, optionally with one status."""
@@ -665,9 +898,15 @@ class TaskManager:
     aget_child_tasks = _twin(get_child_tasks)
     aget_task_stats_by_tag = _twin(get_task_stats_by_tag)
     adelete_tasks = _twin(delete_tasks)
+    arun_retention = _twin(run_retention)
     aquery_tasks = _twin(query_tasks)
     aquery_task_events = _twin(query_task_events)
     aquery_task_attempts = _twin(query_task_attempts)
+    aquery_workflow_events = _twin(query_workflow_events)
+    aquery_workflow_attempts = _twin(query_workflow_attempts)
+    aget_task_audit = _twin(get_task_audit)
+    aget_workflow_audit = _twin(get_workflow_audit)
+    aget_workflow_audit_summary = _twin(get_workflow_audit_summary)
     aget_workers = _twin(get_workers)
     aget_worker = _twin(get_worker)
     astop = _twin(stop)

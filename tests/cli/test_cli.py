@@ -424,3 +424,18 @@ def test_worker_with_a_bad_app_exits_2(app_dir: Path, app: str, message: str) ->
         assert len(output.strip().splitlines()) == 1, output
     finally:
         worker.kill()
+
+
+def test_retention_deletes_what_has_expired(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "retention", "--db", db)
+    assert code == 0
+    assert "deleted 0 task(s), 0 event(s) and 0 attempt(s)" in out  # pending is not retained
+
+    code, _, err = run(capsys, "retention", "--db", db, "--statuses", "running")
+    assert code == 1
+    assert "InvalidOptionError" in err
+
+    argv = ("retention", "--db", db, "--statuses", "pending", "--expire-time", "0", "--json")
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert json.loads(out) == {"tasks_deleted": 4, "events_deleted": 4, "attempts_deleted": 0}

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from support.wait import wait_for_status
+from support.workflow import RECOVERED_THEN_COMPLETED
 from tideflow.core import lifecycle
 from tideflow.core.types import ClaimRequest
 
@@ -33,15 +34,7 @@ def test_orphaned_claim_is_released_and_then_run(make_manager: Any) -> None:
     info = wait_for_status(tm, task_id, "completed")
     assert info.result == "done"
     kinds = [e.event_type for e in tm.query_task_events(task_id).items]
-    assert kinds == [
-        "task_created",
-        "task_claimed",
-        "task_started",
-        "task_recovered",
-        "task_claimed",
-        "task_started",
-        "task_completed",
-    ]
+    assert kinds == RECOVERED_THEN_COMPLETED
     outcomes = [a.outcome for a in tm.query_task_attempts(task_id).items]
     assert outcomes == ["interrupted", "completed"]
     assert info.retry_count == 0

@@ -5,6 +5,7 @@ Runs on every shared backend: a SQLite file, PostgreSQL and MariaDB/MySQL.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -126,3 +127,68 @@ def test_concurrent_setup_from_four_processes(shared_db_url: str) -> None:
         assert tm.get_task(task_id).status == "pending"  # type: ignore[union-attr]
     finally:
         tm.close()
+
+
+@pytest.mark.slow
+def test_a_killed_workers_task_is_recovered_by_another(shared_db_url: str, tmp_path: Path) -> None:
+    """kill -9 a worker in the middle of a task: a live worker gives the task back (not a
+    retry, no attempt used up) and runs it; the dead worker's row is marked dead."""
+    client = TaskManager(shared_db_url, allow_unregistered=True)
+    client.setup()
+    log_path = tmp_path / "victim.log"
+    with log_path.open("wb") as log:
+        victim = subprocess.Popen(
+            [
+                *(sys.executable, str(SCRIPT), shared_db_url, "--worker-id", "victim"),
+                *("--heartbeat", "0.1", "--idle-exit", "600"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    survivor = None
+    try:
+        task_id = client.submit("block")
+        wait_for(
+            lambda: (t := client.get_task(task_id)) is not None and t.status == "running",
+            timeout=30,
+            message=lambda: f"the victim never started the task\n{log_path.read_text()}",
+        )
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+
+        survivor = TaskManager(
+            shared_db_url,
+            worker_id="survivor",
+            poll_interval=0.05,
+            task_heartbeat_interval=0.1,
+            worker_heartbeat_interval=0.1,
+            worker_heartbeat_timeout=1.0,
+        )
+        survivor.use("block", lambda task: "survived")
+        survivor.start()
+        wait_for(
+            lambda: client.get_task(task_id).status == "completed",  # type: ignore[union-attr]
+            timeout=30,
+            message=lambda: f"not recovered: {client.get_task(task_id)}",
+        )
+        info = client.get_task(task_id)
+        assert info is not None
+        assert (info.result, info.worker_id, info.retry_count) == ("survived", "survivor", 0)
+        attempts = client.query_task_attempts(task_id).items
+        assert [(a.worker_id, a.outcome) for a in attempts] == [
+            ("victim", "interrupted"),
+            ("survivor", "completed"),
+        ]
+        kinds = [e.event_type for e in client.query_task_events(task_id).items]
+        assert "task_recovered" in kinds
+        assert "task_timed_out" not in kinds
+        statuses = {w.worker_id: w.status for w in client.get_workers()}
+        assert statuses["victim"] == "dead"
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(timeout=10)
+        if survivor is not None:
+            survivor.stop(timeout=5)
+            survivor.close()
+        client.close()

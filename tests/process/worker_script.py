@@ -1,11 +1,13 @@
 """A worker process for the multi-process tests, on any database (``sqlite:...``,
 ``postgresql://...``, ``mysql://...``).
 
-Usage: ``python worker_script.py URL --worker-id ID [--idle-exit S] [--max-lifetime S]``
+Usage: ``python worker_script.py URL --worker-id ID [--idle-exit S] [--max-lifetime S]
+[--heartbeat S]``
 or ``python worker_script.py URL --setup-at T`` (call ``setup()`` at POSIX time ``T``, exit).
 
-Serves the no-op task ``noop`` from the database at ``URL`` and stops gracefully on SIGTERM, or
-once tasks have existed and none has been outstanding for ``--idle-exit`` seconds.
+Serves the no-op task ``noop`` (and ``block``, which sleeps for a minute) from the database at
+``URL`` and stops gracefully on SIGTERM, or once tasks have existed and none has been
+outstanding for ``--idle-exit`` seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ OUTSTANDING = ("pending", "running", "failed", "timeout")
 
 def noop(task: Any) -> None:
     return None
+
+
+def block(task: Any) -> None:
+    time.sleep(60)
 
 
 def outstanding(tm: TaskManager) -> int:
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=1.0)
     parser.add_argument("--max-lifetime", type=float, default=180.0)
     parser.add_argument("--setup-at", type=float)
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat intervals")
     args = parser.parse_args(argv)
     if args.setup_at is not None:
         return setup_at(args.url, args.setup_at)
@@ -62,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent_tasks=args.concurrency,
         poll_interval=0.05,
         worker_id=args.worker_id,
+        task_heartbeat_interval=args.heartbeat,
+        worker_heartbeat_interval=args.heartbeat,
     )
     tm.use("noop", noop)
+    tm.use("block", block)
     tm.start()
     print(f"{args.worker_id} started", flush=True)
 

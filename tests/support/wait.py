@@ -70,3 +70,14 @@ def wait_for_status(tm: Any, task_id: int, *statuses: str, timeout: float = 15.0
         return f"task {task_id} never reached {statuses}; last seen: {state}"
 
     return wait_for(check, timeout=timeout, message=describe)
+
+
+def heartbeats_pass(tm: Any, rounds: int = 3) -> None:
+    """Wait until ``tm``'s worker has heartbeated ``rounds`` more times: each round of its loop
+    also runs the recovery, stall and retention sweeps, so what they would do has been done."""
+    for _ in range(rounds):
+        seen = tm.get_worker(tm.worker_id).last_seen_at
+        wait_for(
+            lambda seen=seen: tm.get_worker(tm.worker_id).last_seen_at > seen,
+            message="the worker did not heartbeat",
+        )

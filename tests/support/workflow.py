@@ -40,3 +40,15 @@ def snapshot(tm: Any, task_id: int) -> tuple[Any, int, int]:
         tm.query_task_events(task_id).total,
         tm.query_task_attempts(task_id).total,
     )
+
+
+#: the events of a task recovered from its first worker and completed by another
+RECOVERED_THEN_COMPLETED = [
+    "task_created",
+    "task_claimed",
+    "task_started",
+    "task_recovered",
+    "task_claimed",
+    "task_started",
+    "task_completed",
+]

@@ -57,6 +57,11 @@ def test_every_database_method_has_an_async_twin() -> None:
         "query_tasks",
         "query_task_events",
         "query_task_attempts",
+        "query_workflow_events",
+        "query_workflow_attempts",
+        "get_task_audit",
+        "get_workflow_audit",
+        "get_workflow_audit_summary",
         "get_workers",
         "get_worker",
     }

@@ -1,4 +1,4 @@
-"""``tideflow db migrate``, ``tideflow tasks ...`` and ``tideflow stats``."""
+"""``tideflow db migrate``, ``tideflow tasks ...``, ``tideflow stats``, ``tideflow retention``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _SCAN_PAGE = 1000
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``db``, ``tasks`` and ``stats`` on the top-level subparsers."""
+    """Register ``db``, ``tasks``, ``stats`` and ``retention`` on the top-level subparsers."""
     db = sub.add_parser("db", help="database schema commands")
     db_sub = db.add_subparsers(title="commands", metavar="COMMAND")
     migrate = db_sub.add_parser("migrate", help="create or migrate the schema (idempotent)")
@@ -79,6 +79,25 @@ def add_commands(sub: Any) -> None:
     add_db_option(stats)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    keep = sub.add_parser(
+        "retention",
+        help="delete expired workflows now, with their events and attempts",
+    )
+    add_db_option(keep)
+    keep.add_argument(
+        "--expire-time",
+        type=float,
+        metavar="SECONDS",
+        help="delete what was last active longer ago than this (default 86400)",
+    )
+    keep.add_argument(
+        "--statuses",
+        metavar="S[,S...]",
+        help="statuses to delete (default completed,permanently_failed)",
+    )
+    keep.add_argument("--json", action="store_true")
+    keep.set_defaults(func=cmd_retention)
 
 
 def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -390,4 +409,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
         out.write("\nwaiting with no active worker that can run them:\n")
         for what, count in sorted(unserved.items()):
             out.write(f"  {count} x {what}\n")
+    return 0
+
+
+# --- retention ---------------------------------------------------------------------------------
+def cmd_retention(args: argparse.Namespace) -> int:
+    """``tideflow retention``: one retention run now."""
+    out = sys.stdout
+    policy: dict[str, Any] = {}
+    if args.expire_time is not None:
+        policy["expire_time"] = args.expire_time
+    if args.statuses is not None:
+        policy["statuses"] = [s.strip() for s in args.statuses.split(",") if s.strip()]
+    tm = _client(args)
+    try:
+        deleted = tm.run_retention(policy)
+    finally:
+        tm.close()
+    if args.json:
+        out.write(json.dumps(deleted) + "\n")
+    else:
+        out.write(
+            f"deleted {deleted['tasks_deleted']} task(s), {deleted['events_deleted']} event(s)"
+            f" and {deleted['attempts_deleted']} attempt(s)\n"
+        )
     return 0

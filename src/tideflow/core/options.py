@@ -26,6 +26,7 @@ __all__ = [
     "ManagerSettings",
     "TaskPolicy",
     "resolve_policy",
+    "retention_cutoff",
     "schedule_time",
     "validate_options",
 ]
@@ -332,6 +333,37 @@ class ManagerSettings:
         if not opts.get("worker_id", self.worker_id):
             opts["worker_id"] = default_worker_id()
         return dataclasses.replace(self, policy=policy, **opts)
+
+
+def retention_cutoff(
+    settings: ManagerSettings, policy: Mapping[str, Any] | None, now: float
+) -> tuple[float, tuple[str, ...]]:
+    """``(before, statuses)`` for a retention run: ``policy`` (``expire_time``, ``statuses``,
+    ``now``, any subset) merged over the manager's settings and validated."""
+    if policy is None:
+        policy = {}
+    if not isinstance(policy, Mapping):
+        raise InvalidOptionError(f"a retention policy must be a dict, got {policy!r}")
+    unknown = sorted(set(policy) - {"expire_time", "statuses", "now"})
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown retention policy key(s) {', '.join(unknown)};"
+            " allowed: expire_time, statuses, now"
+        )
+    expire = settings.expire_time
+    if "expire_time" in policy:
+        expire = _seconds("expire_time", policy["expire_time"])
+    statuses = settings.retention_statuses
+    if "statuses" in policy:
+        statuses = _statuses("retention statuses", policy["statuses"])
+    if "now" in policy:
+        given = policy["now"]
+        if isinstance(given, datetime):
+            _run_at("now", given)  # refuses a naive datetime
+            now = given.timestamp()
+        else:
+            now = _number("now", given)
+    return now - expire, statuses
 
 
 def resolve_policy(

@@ -18,6 +18,7 @@ from tideflow.errors import InvalidTransitionError
 from tideflow.models import Status
 
 __all__ = [
+    "ATTEMPT_OUTCOMES",
     "TRANSITIONS",
     "Facts",
     "Transition",
@@ -151,6 +152,11 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row(Trigger.RECOVER, (R,), "always", P, ("task_recovered",), "interrupted"),
 )
 # fmt: on
+
+#: every outcome an attempt can be closed with
+ATTEMPT_OUTCOMES = frozenset(
+    row.attempt for row in TRANSITIONS if row.attempt is not None and row.attempt != "open"
+)
 
 
 @functools.lru_cache(maxsize=512)

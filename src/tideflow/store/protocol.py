@@ -116,7 +116,28 @@ class Store(Protocol):
 
     # --- workers -------------------------------------------------------------------------------
     def register_worker(self, worker: WorkerRow) -> None:
-        """Insert or replace this worker's row."""
+        """Insert or replace this worker's row; with a ``pod_id``, every other active worker of
+        that pod is marked ``superseded`` in the same transaction."""
+
+    def delete_expired(
+        self, before: float, statuses: Sequence[str], limit: int, after_id: int = 0
+    ) -> tuple[int, int, int, int | None]:
+        """One bounded batch of retention in one transaction.
+
+        Looks at up to ``limit`` root tasks with ids above ``after_id``, in ``statuses`` and
+        last active before ``before``, and deletes each whole workflow (the root and every
+        task under it; a plain task is a workflow of one) whose tasks all qualify, with their
+        events and attempts. Returns the tasks, events and attempts deleted and the last root
+        id looked at (the next batch's ``after_id``; None when there was none)."""
+
+    def orphaned_tasks(
+        self, seen_before: float, *, exclude: str, limit: int = 1000
+    ) -> list[TaskRow]:
+        """Running tasks whose worker is not live, for ``exclude`` (the caller) to recover.
+
+        Active workers last seen before ``seen_before`` are marked ``dead`` first; then a task's
+        worker is live only if its row exists and is ``active``. The caller's own tasks are left
+        out."""
 
     def heartbeat_worker(self, worker_id: str, now: float, expires_at: float) -> str | None:
         """Refresh liveness; return the worker's status as stored (None if the row is gone)."""

@@ -30,6 +30,7 @@ from tideflow.core.options import ManagerSettings
 from tideflow.core.registry import Registration, Registry
 from tideflow.core.types import Change, ClaimRequest, TaskRow, WorkerRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
+from tideflow.store import retention
 from tideflow.store.protocol import Store
 from tideflow.worker.completer import Completer, Item
 from tideflow.worker.task import AttemptState, Next, Suspend, Task
@@ -113,10 +114,15 @@ class Worker:
         self._start_error: BaseException | None = None
         self._paused = False
         self._stopping = False
+        self._fenced = False  # this worker's row says superseded or dead: claim nothing
         self._active: dict[int, Attempt] = {}
         self._occupied = 0
         self._by_name: dict[str, int] = {}
         self._db_pool = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="tideflow-db")
+        self._maintenance = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="tideflow-retention"
+        )
+        self._retention_job: asyncio.Task[None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1024, thread_name_prefix="tideflow-handler"
         )
@@ -161,6 +167,7 @@ class Worker:
         thread.join()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._db_pool.shutdown(wait=True)
+        self._maintenance.shutdown(wait=True)  # a retention sweep stops after its batch
 
     def pause(self) -> None:
         """Stop claiming (running attempts go on)."""
@@ -233,6 +240,8 @@ class Worker:
         await syncer
         if unsubscribe is not None:
             unsubscribe()
+        if self._retention_job is not None:
+            background.append(self._retention_job)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -294,7 +303,10 @@ class Worker:
             self._wake.clear()
             while len(self._exchanges) < self._parallel:
                 request = None
-                if not (self._paused or self._stopping) and time.monotonic() >= idle_until:
+                if (
+                    not (self._paused or self._stopping or self._fenced)
+                    and time.monotonic() >= idle_until
+                ):
                     request = self._claim_request(time.time())
                 if request is None and not self._completer.pending():
                     break
@@ -558,6 +570,8 @@ class Worker:
     # --- heartbeats and sweeps -----------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         last_worker = 0.0
+        # the automatic retention sweep never runs at start-up
+        next_retention = time.monotonic() + self._settings().retention_interval
         while True:
             settings = self._settings()
             interval = min(settings.task_heartbeat_interval, settings.worker_heartbeat_interval)
@@ -575,7 +589,17 @@ class Worker:
                 if now - last_worker >= settings.worker_heartbeat_interval:
                     last_worker = now
                     await self._worker_heartbeat(now, settings)
+                # before the stall sweep: a dead worker's tasks are recovered, not timed out
+                if settings.recover_running_jobs and not self._fenced:
+                    await self._reclaim(now, settings)
                 await self._sweep_stalled(now, settings)
+                job = self._retention_job
+                if time.monotonic() >= next_retention and (job is None or job.done()):
+                    next_retention = time.monotonic() + settings.retention_interval
+                    if not self._fenced:
+                        self._retention_job = asyncio.create_task(
+                            self._retention(now, settings), name="tideflow-retention"
+                        )
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -618,6 +642,74 @@ class Worker:
         )
         if status is None:
             await self._db(self._store.register_worker, self._worker_row(now))
+        elif status in ("superseded", "dead"):
+            await self._fenced_off(status, now, settings)
+
+    async def _fenced_off(self, status: str, now: float, settings: ManagerSettings) -> None:
+        """Another worker marked this one superseded (a newer worker of its pod registered) or
+        dead (its heartbeat was late): claim nothing (its running tasks are recovered by others
+        and its late writes fenced) until no active worker of its pod is left, then register
+        again."""
+        if not self._fenced:
+            log.warning(
+                "worker %s was marked %s by another worker; it claims nothing until its pod"
+                " %s has no active worker",
+                self.worker_id,
+                status,
+                settings.pod_id,
+            )
+            self._fenced = True
+        if settings.pod_id is not None:
+            active = await self._db(self._store.list_workers, "active")
+            if any(w.pod_id == settings.pod_id for w in active if w.worker_id != self.worker_id):
+                return
+        await self._db(self._store.register_worker, self._worker_row(now))
+        self._fenced = False
+        log.warning("worker %s registered again and claims work", self.worker_id)
+        self._poke()
+
+    async def _reclaim(self, now: float, settings: ManagerSettings) -> None:
+        """Recover the running tasks of workers that are dead (not seen for
+        ``worker_heartbeat_timeout``), superseded, stopped or gone: back to pending at once,
+        their attempt closed ``interrupted``, no attempt used up."""
+        rows = await self._db(
+            lambda: self._store.orphaned_tasks(
+                now - settings.worker_heartbeat_timeout, exclude=self.worker_id
+            )
+        )
+        if rows:
+            log.warning(
+                "recovering %d running task(s) of dead or superseded workers %s",
+                len(rows),
+                ", ".join(sorted({str(r.worker_id) for r in rows})),
+            )
+            changes = [
+                lifecycle.recover(row, now, self.worker_id, "worker dead or superseded")
+                for row in rows
+            ]
+            await self._db(self._store.apply, changes)
+
+    async def _retention(self, now: float, settings: ManagerSettings) -> None:
+        """The automatic retention sweep, beside the heartbeats (a long backlog must not delay
+        them) on a thread of its own, stopping between batches when the worker stops."""
+        before, statuses = now - settings.expire_time, settings.retention_statuses
+        loop = asyncio.get_running_loop()
+        try:
+            deleted = await loop.run_in_executor(
+                self._maintenance,
+                lambda: retention.sweep(
+                    self._store, before, statuses, stop=lambda: self._stopping or self._closing
+                ),
+            )
+        except Exception as exc:
+            log.warning("retention sweep failed (retried next interval): %s", exc)
+            return
+        if deleted["tasks_deleted"]:
+            log.info(
+                "retention deleted %(tasks_deleted)d task(s), %(events_deleted)d event(s)"
+                " and %(attempts_deleted)d attempt(s)",
+                deleted,
+            )
 
     async def _sweep_stalled(self, now: float, settings: ManagerSettings) -> None:
         """Time out running tasks (of any worker) whose heartbeat stopped."""

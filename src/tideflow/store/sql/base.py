@@ -121,6 +121,9 @@ class SqlStore:
     dialect = "sql"
     safe_url = ""
     parallel_exchanges = 1
+    #: appended to a SELECT whose rows the transaction is about to change (SQLite: nothing,
+    #: its write transactions are exclusive)
+    lock_rows = ""
 
     # --- what a dialect provides ---------------------------------------------------------------
     def _write(self) -> contextlib.AbstractContextManager[Cursor]:
@@ -592,6 +595,42 @@ class SqlStore:
                     cur.execute(self._q(f"DELETE FROM {table} WHERE {column} IN ({marks})"), chunk)
         return len(ids)
 
+    def delete_expired(
+        self, before: float, statuses: Sequence[str], limit: int, after_id: int = 0
+    ) -> tuple[int, int, int, int | None]:
+        with self._write() as cur:
+            marks = _placeholders(len(statuses))
+            cur.execute(
+                self._q(
+                    f"SELECT id FROM {T} WHERE id = root_id AND id > ? AND status IN ({marks})"
+                    f" AND last_active_time < ? ORDER BY id LIMIT ?"
+                ),
+                [after_id, *statuses, before, limit],
+            )
+            roots = [int(r[0]) for r in cur.fetchall()]
+            if not roots:
+                return 0, 0, 0, None
+            cur.execute(
+                self._q(
+                    f"SELECT root_id, status, last_active_time FROM {T}"
+                    f" WHERE root_id IN ({_placeholders(len(roots))}) ORDER BY id{self.lock_rows}"
+                ),
+                roots,
+            )
+            keep: set[int] = set()
+            allowed = set(statuses)
+            for root_id, status, last_active in cur.fetchall():
+                if status not in allowed or last_active is None or float(last_active) >= before:
+                    keep.add(int(root_id))
+            gone = [r for r in roots if r not in keep]
+            counts = [0, 0, 0]
+            if gone:
+                where = f"root_id IN ({_placeholders(len(gone))})"
+                for i, table in enumerate((T, E, A)):
+                    cur.execute(self._q(f"DELETE FROM {table} WHERE {where}"), gone)
+                    counts[i] = max(0, int(cur.rowcount))
+        return counts[0], counts[1], counts[2], roots[-1]
+
     def tag_stats(self, tag: str, status: str | None) -> list[dict[str, Any]]:
         sql = f"SELECT tag, name, status, COUNT(*) FROM {T} WHERE tag = ?"
         params: list[Any] = [tag]
@@ -762,6 +801,14 @@ class SqlStore:
     # --- workers -------------------------------------------------------------------------------
     def register_worker(self, worker: WorkerRow) -> None:
         with self._write() as cur:
+            if worker.pod_id is not None:
+                cur.execute(
+                    self._q(
+                        f"UPDATE {W} SET status = 'superseded'"
+                        " WHERE pod_id = ? AND worker_id <> ? AND status = 'active'"
+                    ),
+                    (worker.pod_id, worker.worker_id),
+                )
             cur.execute(self._q(f"DELETE FROM {W} WHERE worker_id = ?"), (worker.worker_id,))
             cur.execute(
                 self._q(
@@ -791,6 +838,27 @@ class SqlStore:
             cur.execute(self._q(f"SELECT status FROM {W} WHERE worker_id = ?"), (worker_id,))
             row = cur.fetchone()
         return None if row is None else str(row[0])
+
+    def orphaned_tasks(
+        self, seen_before: float, *, exclude: str, limit: int = 1000
+    ) -> list[TaskRow]:
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    f"UPDATE {W} SET status = 'dead'"
+                    " WHERE status = 'active' AND last_seen_at < ? AND worker_id <> ?"
+                ),
+                (seen_before, exclude),
+            )
+            cur.execute(
+                self._q(
+                    f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running' AND worker_id <> ?"
+                    f" AND worker_id NOT IN (SELECT worker_id FROM {W} WHERE status = 'active')"
+                    " ORDER BY id LIMIT ?"
+                ),
+                (exclude, limit),
+            )
+            return [self._decode_task(r) for r in cur.fetchall()]
 
     def update_worker(self, worker_id: str, values: Mapping[str, Any]) -> None:
         """Set columns of one worker row."""

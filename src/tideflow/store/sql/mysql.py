@@ -386,6 +386,7 @@ class MysqlStore(SqlStore):
 
     dialect = "mysql"
     parallel_exchanges = 2
+    lock_rows = " FOR UPDATE"
     #: ``requires`` is pre-filtered in SQL with a REGEXP; base.claim double-checks in Python
 
     def __init__(self, url: str) -> None:

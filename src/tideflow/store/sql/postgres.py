@@ -428,6 +428,7 @@ class PostgresStore(SqlStore):
 
     dialect = "postgresql"
     parallel_exchanges = 2
+    lock_rows = " FOR UPDATE"
 
     def __init__(
         self,

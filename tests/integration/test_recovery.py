@@ -1,0 +1,153 @@
+"""Dead and superseded workers: their running tasks are recovered by a live worker (§8).
+
+A "ghost" is a worker row written straight to the store, with a task claimed in its name, as a
+worker process on another machine would have left them. Runs on every backend.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from support.wait import heartbeats_pass, wait_for, wait_for_status
+from support.workflow import RECOVERED_THEN_COMPLETED
+from tideflow.core import lifecycle
+from tideflow.core.types import ClaimRequest, WorkerRow
+
+FAST = {"task_heartbeat_interval": 0.05, "worker_heartbeat_interval": 0.05}
+
+
+def ghost(tm: Any, worker_id: str, *, last_seen: float, pod_id: str | None = None) -> None:
+    """Register a worker row that no process keeps alive."""
+    tm._store.register_worker(
+        WorkerRow(
+            worker_id=worker_id,
+            pod_id=pod_id,
+            host="elsewhere",
+            pid=1,
+            status="active",
+            capabilities="[]",
+            handlers='["job"]',
+            concurrency=1,
+            registered_at=last_seen,
+            last_seen_at=last_seen,
+            expires_at=last_seen + 30,
+        )
+    )
+
+
+def claim_as(tm: Any, worker_id: str, task_id: int) -> None:
+    now = time.time()
+    request = ClaimRequest(
+        worker_id=worker_id,
+        now=now,
+        limit=1,
+        names={"job": None},
+        capabilities=frozenset(),
+        plan=lifecycle.claim(worker_id, now),
+    )
+    (row,) = tm._store.claim(request)
+    assert (row.id, row.worker_id) == (task_id, worker_id)
+
+
+def status_of(tm: Any, worker_id: str) -> str | None:
+    info = tm.get_worker(worker_id)
+    return None if info is None else info.status
+
+
+def test_task_of_a_dead_worker_is_recovered_without_using_an_attempt(make_manager: Any) -> None:
+    tm = make_manager(**FAST)
+    tm.use("job", lambda task: f"done by {task.worker_id}")
+    tm.pause()
+    tm.start()
+    dead_task, live_task = tm.submit("job"), tm.submit("job")
+    now = time.time()
+    ghost(tm, "ghost-dead", last_seen=now - 120)  # past the 30 s worker_heartbeat_timeout
+    claim_as(tm, "ghost-dead", dead_task)
+    ghost(tm, "ghost-live", last_seen=now)  # seen just now: alive for the next 30 s
+    claim_as(tm, "ghost-live", live_task)
+    tm.resume()
+
+    info = wait_for_status(tm, dead_task, "completed")
+    assert info.result == f"done by {tm.worker_id}"
+    assert info.retry_count == 0
+    kinds = [e.event_type for e in tm.query_task_events(dead_task).items]
+    assert kinds == RECOVERED_THEN_COMPLETED
+    (recovered,) = tm.query_task_events(dead_task, event_type="task_recovered").items
+    assert recovered.worker_id == "ghost-dead"
+    assert recovered.metadata == {
+        "recovered_from_worker_id": "ghost-dead",
+        "recovered_by_worker_id": tm.worker_id,
+    }
+    attempts = tm.query_task_attempts(dead_task).items
+    assert [(a.attempt, a.worker_id, a.outcome) for a in attempts] == [
+        (1, "ghost-dead", "interrupted"),
+        (2, tm.worker_id, "completed"),
+    ]
+    assert status_of(tm, "ghost-dead") == "dead"
+
+    # the live worker's task is left alone, round after round
+    heartbeats_pass(tm)
+    still = tm.get_task(live_task)
+    assert (still.status, still.worker_id, still.attempt) == ("running", "ghost-live", 1)
+    assert status_of(tm, "ghost-live") == "active"
+
+
+def test_a_newer_worker_of_the_same_pod_supersedes_and_recovers(make_manager: Any) -> None:
+    tm = make_manager(pod_id="node-7", **FAST)
+    tm.use("job", lambda task: "again")
+    task_id = tm.submit("job")
+    # the old process of pod node-7, alive a moment ago, holds a task
+    ghost(tm, "old-process", last_seen=time.time(), pod_id="node-7")
+    claim_as(tm, "old-process", task_id)
+    tm.start()  # the new process of the same pod registers
+    info = wait_for_status(tm, task_id, "completed")
+    assert info.result == "again"
+    assert info.retry_count == 0
+    assert status_of(tm, "old-process") == "superseded"
+    assert status_of(tm, tm.worker_id) == "active"
+    attempts = tm.query_task_attempts(task_id).items
+    assert [(a.worker_id, a.outcome) for a in attempts] == [
+        ("old-process", "interrupted"),
+        (tm.worker_id, "completed"),
+    ]
+
+
+def test_a_superseded_worker_claims_nothing_until_its_pod_is_free(make_manager: Any) -> None:
+    tm = make_manager(pod_id="node-3", **FAST)
+    tm.use("job", lambda task: "ran")
+    tm.start()
+    wait_for(lambda: status_of(tm, tm.worker_id) == "active")
+    # a newer process of the same pod registers (and, being a ghost, never heartbeats)
+    ghost(tm, "node-3-new", last_seen=time.time(), pod_id="node-3")
+    assert status_of(tm, tm.worker_id) == "superseded"
+    heartbeats_pass(tm)  # it has read its status and stopped claiming
+
+    task_id = tm.submit("job")
+    heartbeats_pass(tm)
+    assert tm.get_task(task_id).status == "pending"
+
+    tm._store.set_worker_status("node-3-new", "stopped", time.time())
+    info = wait_for_status(tm, task_id, "completed")
+    assert (info.result, info.worker_id) == ("ran", tm.worker_id)
+    assert status_of(tm, tm.worker_id) == "active"
+
+
+def test_without_recovery_a_dead_workers_task_times_out_when_stalled(make_manager: Any) -> None:
+    tm = make_manager(recover_running_jobs=False, task_heartbeat_timeout=0.3, **FAST)
+    tm.use("job", lambda task: "second try")
+    tm.pause()
+    tm.start()
+    task_id = tm.submit("job", max_retries=2)
+    ghost(tm, "ghost", last_seen=time.time() - 120)
+    claim_as(tm, "ghost", task_id)
+    tm.resume()
+
+    info = wait_for_status(tm, task_id, "completed")
+    assert info.retry_count == 1  # the stalled attempt used one up
+    attempts = tm.query_task_attempts(task_id).items
+    assert [(a.worker_id, a.outcome) for a in attempts] == [
+        ("ghost", "timeout"),
+        (tm.worker_id, "completed"),
+    ]
+    assert status_of(tm, "ghost") == "active"  # nobody judged it: recovery is off
