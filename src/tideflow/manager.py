@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -19,6 +19,7 @@ from tideflow.core.options import (
     TASK_OPTIONS,
     UNSET,
     ManagerSettings,
+    positive_seconds,
     resolve_policy,
     retention_cutoff,
     schedule_time,
@@ -537,6 +538,44 @@ class TaskManager:
         self._ensure_setup()
         return self._store.tag_stats(tag, parse_status(status) if status is not None else None)
 
+    def get_task_stats(self) -> list[dict[str, Any]]:
+        """Counts of tasks per name and status: ``[{"name", "status", "count"}]``."""
+        self._check_open()
+        self._ensure_setup()
+        return [
+            {"name": name, "status": status, "count": count}
+            for name, status, count in self._store.task_counts()
+        ]
+
+    def get_throughput(self, window: float = 3600.0, bucket: float = 60.0) -> list[dict[str, Any]]:
+        """Tasks finished per ``bucket`` seconds over the last ``window`` seconds, oldest first:
+        ``[{"start", "completed", "permanently_failed"}]``, one entry per bucket (zeros
+        included). A task counts where it finished last (a cron task that completed and is
+        pending again is not counted)."""
+        window = positive_seconds("window", window)
+        bucket = positive_seconds("bucket", bucket)
+        if window / bucket > 10_000:
+            raise InvalidOptionError(
+                f"window / bucket must be at most 10000 buckets, got {window / bucket:.0f}"
+            )
+        self._check_open()
+        self._ensure_setup()
+        now = time.time()
+        first = int((now - window) // bucket) + 1
+        last = int(now // bucket)
+        finished = ("completed", "permanently_failed")
+        counts = {
+            (slot, status): n
+            for slot, status, n in self._store.finished_histogram(first * bucket, bucket, finished)
+        }
+        return [
+            {
+                "start": datetime.fromtimestamp(slot * bucket, UTC),
+                **{status: counts.get((slot, status), 0) for status in finished},
+            }
+            for slot in range(first, last + 1)
+        ]
+
     def delete_tasks(
         self,
         *,
@@ -898,6 +937,8 @@ class TaskManager:
     aget_child_tasks = _twin(get_child_tasks)
     aget_task_stats_by_tag = _twin(get_task_stats_by_tag)
     adelete_tasks = _twin(delete_tasks)
+    aget_task_stats = _twin(get_task_stats)
+    aget_throughput = _twin(get_throughput)
     arun_retention = _twin(run_retention)
     aquery_tasks = _twin(query_tasks)
     aquery_task_events = _twin(query_task_events)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import tideflow
-from tideflow.cli import demo, tasks, worker
+from tideflow.cli import dashboard, demo, tasks, worker
 from tideflow.cli.common import CliError
 from tideflow.errors import TideflowError
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_command(sub)
     worker.add_command(sub)
     tasks.add_commands(sub)
+    dashboard.add_command(sub)
 
     def show_help(args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)

@@ -25,6 +25,7 @@ __all__ = [
     "UNSET",
     "ManagerSettings",
     "TaskPolicy",
+    "positive_seconds",
     "resolve_policy",
     "retention_cutoff",
     "schedule_time",
@@ -74,6 +75,11 @@ def _seconds(name: str, value: Any) -> float:
 
 def _positive_seconds(name: str, value: Any) -> float:
     return _number(name, value, positive=True)
+
+
+def positive_seconds(name: str, value: Any) -> float:
+    """``value`` as seconds > 0 (a number or a ``timedelta``), or :class:`InvalidOptionError`."""
+    return _positive_seconds(name, value)
 
 
 def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:

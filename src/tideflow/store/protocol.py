@@ -86,6 +86,16 @@ class Store(Protocol):
     def tag_stats(self, tag: str, status: str | None) -> list[dict[str, Any]]:
         """Counts per (tag, name, status) for one tag."""
 
+    def task_counts(self) -> list[tuple[str, str, int]]:
+        """``(name, status, count)`` for every name and status with tasks."""
+
+    def finished_histogram(
+        self, since: float, bucket: float, statuses: Sequence[str]
+    ) -> list[tuple[int, str, int]]:
+        """Tasks now in ``statuses`` last active at or after ``since``, counted per ``bucket``
+        seconds: ``(bucket number, status, count)`` where the bucket starts at number x
+        ``bucket``."""
+
     def descendants(self, task_id: int) -> list[TaskRow]:
         """Every task below ``task_id`` in its workflow tree."""
 

@@ -631,6 +631,33 @@ class SqlStore:
                     counts[i] = max(0, int(cur.rowcount))
         return counts[0], counts[1], counts[2], roots[-1]
 
+    def task_counts(self) -> list[tuple[str, str, int]]:
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT name, status, COUNT(*) FROM {T}"
+                " GROUP BY name, status ORDER BY name, status"
+            )
+            return [(str(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
+
+    def _floor(self, expression: str) -> str:
+        """SQL rounding a non-negative number down to an integer."""
+        return f"FLOOR({expression})"
+
+    def finished_histogram(
+        self, since: float, bucket: float, statuses: Sequence[str]
+    ) -> list[tuple[int, str, int]]:
+        slot = self._floor("last_active_time / ?")
+        with self._read() as cur:
+            cur.execute(
+                self._q(
+                    f"SELECT {slot} AS slot, status, COUNT(*) FROM {T}"
+                    f" WHERE status IN ({_placeholders(len(statuses))}) AND last_active_time >= ?"
+                    " GROUP BY slot, status ORDER BY slot, status"
+                ),
+                [bucket, *statuses, since],
+            )
+            return [(int(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
+
     def tag_stats(self, tag: str, status: str | None) -> list[dict[str, Any]]:
         sql = f"SELECT tag, name, status, COUNT(*) FROM {T} WHERE tag = ?"
         params: list[Any] = [tag]

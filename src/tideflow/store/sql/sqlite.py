@@ -247,6 +247,10 @@ class SqliteStore(SqlStore):
         self._write_held_rows(cur, changes, held)
         return held
 
+    def _floor(self, expression: str) -> str:
+        # FLOOR() needs SQLite's optional math functions; times are never negative
+        return f"CAST({expression} AS INTEGER)"
+
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         names = sorted(request.names)
         # literal statuses: SQLite uses a partial index only when the terms match its own

@@ -1,0 +1,371 @@
+"""The web dashboard: an ASGI application (Starlette) over a :class:`TaskManager`.
+
+Pages: the overview (counts, throughput over the last hour, workers), the task list (filters,
+paging), a task (payload, result, error, progress, events, attempts, actions), a workflow (its
+tree with the critical path marked) and the workers. ``/api/`` serves the same data as JSON and
+``/metrics`` serves Prometheus metrics.
+
+Reading needs nothing. Actions (resume, cancel, pause, retry, delete) need the token: a browser
+gives it once at ``/login`` and keeps an HMAC of it in an HttpOnly cookie, and every form carries
+a CSRF token that must match a cookie of its own (double submit); API clients send
+``Authorization: Bearer <token>``. Serve it on 127.0.0.1 (the default of ``tideflow dashboard``)
+or behind a proxy that adds TLS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from tideflow.errors import (
+    InvalidOptionError,
+    InvalidTransitionError,
+    TaskNotFoundError,
+    TideflowError,
+)
+from tideflow.manager import TaskManager
+from tideflow.models import Page, Status, TaskInfo
+
+__all__ = ["ACTIONS", "create_app"]
+
+ACTIONS = ("resume", "cancel", "pause", "retry", "delete")
+STATUSES = tuple(s.value for s in Status)
+AUTH_COOKIE = "tideflow_auth"
+CSRF_COOKIE = "tideflow_csrf"
+MAX_PAGE = 500
+_WORKER_STATUSES = ("active", "superseded", "dead", "stopped")
+TREE_LIMIT = 2000  # tasks drawn in a workflow tree
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidOptionError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise InvalidOptionError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _task_filters(request: Request) -> dict[str, Any]:
+    params = request.query_params
+    filters: dict[str, Any] = {}
+    for key in ("status", "name", "tag"):
+        if params.get(key):
+            filters[key] = params[key]
+    if filters.get("status") and filters["status"] not in STATUSES:
+        raise InvalidOptionError(
+            f"status must be one of {', '.join(STATUSES)}, got {filters['status']!r}"
+        )
+    return filters
+
+
+class _Metrics(Collector):
+    """Prometheus gauges read from the database at each scrape."""
+
+    def __init__(self, tm: TaskManager) -> None:
+        self._tm = tm
+
+    def collect(self) -> Any:
+        tasks = GaugeMetricFamily(
+            "tideflow_tasks", "Tasks by name and status", labels=["name", "status"]
+        )
+        for row in self._tm.get_task_stats():
+            tasks.add_metric([row["name"], row["status"]], row["count"])
+        yield tasks
+        workers = GaugeMetricFamily("tideflow_workers", "Workers by status", labels=["status"])
+        counts: dict[str, int] = dict.fromkeys(_WORKER_STATUSES, 0)
+        for w in self._tm.get_workers():
+            counts[w.status] = counts.get(w.status, 0) + 1
+        for status, count in counts.items():
+            workers.add_metric([status], count)
+        yield workers
+        finished = GaugeMetricFamily(
+            "tideflow_tasks_finished_last_5m",
+            "Tasks that finished over the last 5 minutes, by outcome",
+            labels=["status"],
+        )
+        buckets = self._tm.get_throughput(window=300, bucket=300)
+        for status in ("completed", "permanently_failed"):
+            finished.add_metric([status], sum(b[status] for b in buckets))
+        yield finished
+
+
+def create_app(tm: TaskManager, token: str) -> Starlette:
+    """The dashboard of ``tm``'s database; ``token`` unlocks the actions."""
+    if not isinstance(token, str) or len(token) < 8:
+        raise InvalidOptionError("the dashboard token must be a string of at least 8 characters")
+    templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+    auth_mark = hmac.new(token.encode(), b"tideflow-dashboard-login", hashlib.sha256).hexdigest()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Metrics(tm))
+
+    def signed_in(request: Request) -> bool:
+        return hmac.compare_digest(request.cookies.get(AUTH_COOKIE, ""), auth_mark)
+
+    def bearer_ok(request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+    def page(request: Request, name: str, context: Mapping[str, Any], status: int = 200) -> Any:
+        csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        response = templates.TemplateResponse(
+            request,
+            name,
+            {
+                "csrf": csrf,
+                "signed_in": signed_in(request),
+                "statuses": STATUSES,
+                "actions": ACTIONS,
+                **context,
+            },
+            status_code=status,
+        )
+        if CSRF_COOKIE not in request.cookies:
+            response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict")
+        return response
+
+    # --- data shared by the pages and the API -----------------------------------------------
+    def overview() -> dict[str, Any]:
+        stats = tm.get_task_stats()
+        by_status = dict.fromkeys(STATUSES, 0)
+        names: dict[str, dict[str, int]] = {}
+        for row in stats:
+            by_status[row["status"]] = by_status.get(row["status"], 0) + row["count"]
+            names.setdefault(row["name"], {})[row["status"]] = row["count"]
+        workers = tm.get_workers()
+        throughput = tm.get_throughput(window=3600, bucket=60)
+        return {
+            "statuses": by_status,
+            "total": sum(by_status.values()),
+            "names": [
+                {"name": n, "counts": c, "total": sum(c.values())} for n, c in sorted(names.items())
+            ],
+            "workers": {s: sum(1 for w in workers if w.status == s) for s in _WORKER_STATUSES},
+            "throughput": throughput,
+            "peak": max((b["completed"] + b["permanently_failed"] for b in throughput), default=0),
+        }
+
+    def task_page(request: Request) -> tuple[Page[TaskInfo], dict[str, Any], int, int]:
+        filters = _task_filters(request)
+        limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+        offset = _int_param(request, "offset", 0, 0, 10**12)
+        found = tm.query_tasks(**filters, limit=limit, offset=offset, order="desc")
+        return found, filters, limit, offset
+
+    def task_detail(task_id: int) -> dict[str, Any]:
+        audit = tm.get_task_audit(task_id)
+        if audit.task is None:
+            raise TaskNotFoundError(f"no task with id {task_id}")
+        children = tm.get_child_tasks(task_id)
+        return {"task": audit.task, "events": audit.events, "attempts": audit.attempts,
+                "children": children}  # fmt: skip
+
+    def workflow_detail(root_id: int) -> dict[str, Any]:
+        summary = tm.get_workflow_audit_summary(root_id)
+        if summary["root_task"] is None:
+            raise TaskNotFoundError(f"no workflow with root id {root_id}")
+        tasks = tm.query_tasks(workflow_root_id=root_id, limit=TREE_LIMIT).items
+        kids: dict[int | None, list[TaskInfo]] = {}
+        for t in tasks:
+            kids.setdefault(t.parent_id if t.id != root_id else None, []).append(t)
+        return {"summary": summary, "tasks": tasks, "children": kids,
+                "critical": {n["task_id"] for n in summary["critical_path"]["nodes"]},
+                "truncated": summary["totals"]["tasks"] > len(tasks)}  # fmt: skip
+
+    def act(task_id: int, action: str, reason: str | None) -> None:
+        if action not in ACTIONS:
+            raise HTTPException(404, f"unknown action {action!r}")
+        if action == "resume":
+            tm.resume_task(task_id, resume_reason=reason)
+        elif action == "cancel":
+            tm.cancel_task(task_id, reason=reason)
+        elif action == "pause":
+            tm.pause_task(task_id)
+        elif action == "retry":
+            tm.retry_task(task_id)
+        elif not tm.delete_tasks(ids=[task_id]):
+            raise TaskNotFoundError(f"no task with id {task_id}")
+
+    # --- HTML ---------------------------------------------------------------------------------
+    def home(request: Request) -> Any:
+        return page(request, "overview.html", {"o": overview()})
+
+    def tasks(request: Request) -> Any:
+        found, filters, limit, offset = task_page(request)
+
+        def link(new_offset: int) -> str:
+            return "/tasks?" + urlencode({**filters, "limit": limit, "offset": new_offset})
+
+        return page(
+            request,
+            "tasks.html",
+            {
+                "page": found,
+                "filters": filters,
+                "prev": link(max(0, offset - limit)) if offset else None,
+                "next": link(offset + limit) if found.has_more else None,
+            },
+        )
+
+    def task(request: Request) -> Any:
+        data = task_detail(request.path_params["task_id"])
+        return page(request, "task.html", {**data, "done": request.query_params.get("done")})
+
+    def workflow(request: Request) -> Any:
+        return page(request, "workflow.html", workflow_detail(request.path_params["root_id"]))
+
+    def workers(request: Request) -> Any:
+        return page(request, "workers.html", {"workers": tm.get_workers()})
+
+    async def login(request: Request) -> Any:
+        if request.method == "GET":
+            return page(request, "login.html", {"error": None})
+        form = await request.form()
+        if not _csrf_ok(request, form):
+            raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
+        if not hmac.compare_digest(str(form.get("token", "")), token):
+            return page(request, "login.html", {"error": "wrong token"}, status=401)
+        response = RedirectResponse(_local(str(form.get("next", "/"))), status_code=303)
+        response.set_cookie(AUTH_COOKIE, auth_mark, httponly=True, samesite="strict")
+        return response
+
+    async def logout(request: Request) -> Any:
+        form = await request.form()
+        if not _csrf_ok(request, form):
+            raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(AUTH_COOKIE)
+        return response
+
+    async def task_action(request: Request) -> Any:
+        form = await request.form()
+        if not _csrf_ok(request, form):
+            raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
+        task_id, action = request.path_params["task_id"], request.path_params["action"]
+        if not signed_in(request):
+            return RedirectResponse(f"/login?{urlencode({'next': f'/tasks/{task_id}'})}", 303)
+        reason = str(form.get("reason") or "") or None
+        await _threaded(lambda: act(task_id, action, reason))
+        target = "/tasks" if action == "delete" else f"/tasks/{task_id}"
+        return RedirectResponse(f"{target}?{urlencode({'done': action})}", status_code=303)
+
+    # --- JSON ---------------------------------------------------------------------------------
+    def api_overview(request: Request) -> Any:
+        data = overview()
+        data["throughput"] = [{**b, "start": b["start"].isoformat()} for b in data["throughput"]]
+        return JSONResponse(data)
+
+    def api_tasks(request: Request) -> Any:
+        found, _, _, _ = task_page(request)
+        return JSONResponse(
+            {
+                "items": [t.to_dict() for t in found.items],
+                "total": found.total,
+                "limit": found.limit,
+                "offset": found.offset,
+                "has_more": found.has_more,
+            }
+        )
+
+    def api_task(request: Request) -> Any:
+        audit = tm.get_task_audit(request.path_params["task_id"])
+        if audit.task is None:
+            raise TaskNotFoundError(f"no task with id {request.path_params['task_id']}")
+        return JSONResponse(audit.to_dict())
+
+    def api_workflow(request: Request) -> Any:
+        summary = workflow_detail(request.path_params["root_id"])["summary"]
+        return JSONResponse(summary)
+
+    def api_workers(request: Request) -> Any:
+        return JSONResponse([w.to_dict() for w in tm.get_workers()])
+
+    async def api_action(request: Request) -> Any:
+        if not bearer_ok(request):
+            return JSONResponse(
+                {"error": "send the dashboard token as 'Authorization: Bearer <token>'"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        reason = request.query_params.get("reason") or None
+        task_id, action = request.path_params["task_id"], request.path_params["action"]
+        await _threaded(lambda: act(task_id, action, reason))
+        return JSONResponse({"task_id": task_id, "action": action, "ok": True})
+
+    def metrics(request: Request) -> Any:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    # --- errors -------------------------------------------------------------------------------
+    def error(request: Request, status: int, message: str) -> Any:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=status)
+        return page(request, "error.html", {"status": status, "message": message}, status=status)
+
+    async def on_error(request: Request, exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):
+            return error(request, exc.status_code, str(exc.detail))
+        if isinstance(exc, TaskNotFoundError):
+            return error(request, 404, str(exc))
+        if isinstance(exc, InvalidTransitionError):
+            return error(request, 409, str(exc))
+        if isinstance(exc, InvalidOptionError):
+            return error(request, 400, str(exc))
+        return error(request, 500, f"{type(exc).__name__}: {exc}")
+
+    routes = [
+        Route("/", home),
+        Route("/tasks", tasks),
+        Route("/tasks/{task_id:int}", task),
+        Route("/tasks/{task_id:int}/{action:str}", task_action, methods=["POST"]),
+        Route("/workflows/{root_id:int}", workflow),
+        Route("/workers", workers),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/api/overview", api_overview),
+        Route("/api/tasks", api_tasks),
+        Route("/api/tasks/{task_id:int}", api_task),
+        Route("/api/tasks/{task_id:int}/{action:str}", api_action, methods=["POST"]),
+        Route("/api/workflows/{root_id:int}", api_workflow),
+        Route("/api/workers", api_workers),
+        Route("/metrics", metrics),
+    ]
+    handlers: dict[Any, Callable[..., Any]] = {
+        HTTPException: on_error,
+        TideflowError: on_error,
+    }
+    return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    given = str(form.get("csrf", ""))
+    return bool(cookie) and hmac.compare_digest(cookie, given)
+
+
+def _local(target: str) -> str:
+    """Only a path on this site is followed after login (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+async def _threaded(fn: Callable[[], None]) -> None:
+    await run_in_threadpool(fn)
