@@ -178,3 +178,24 @@ def test_audit_calls_reject_bad_input(make_manager: Any) -> None:
     assert summary["critical_path"]["nodes"][0]["task_id"] == task_id
     assert summary["critical_path"]["nodes"][0]["attempt"] is None  # never ran
     assert summary["stage_timings"] == []
+
+
+def test_task_stats_and_throughput(make_manager: Any) -> None:
+    tm, _, _ = run_workflow(make_manager)
+    stats = {(r["name"], r["status"]): r["count"] for r in tm.get_task_stats()}
+    assert stats == {
+        ("root", "completed"): 1,
+        ("slow", "completed"): 1,
+        ("quick", "completed"): 1,
+        ("bad", "permanently_failed"): 1,
+    }
+    buckets = tm.get_throughput(window=600, bucket=60)
+    assert len(buckets) == 10
+    assert [b["start"] for b in buckets] == sorted(b["start"] for b in buckets)
+    assert sum(b["completed"] for b in buckets) == 3
+    assert sum(b["permanently_failed"] for b in buckets) == 1
+    assert buckets[-1]["start"].timestamp() <= time.time() < buckets[-1]["start"].timestamp() + 60
+    with pytest.raises(InvalidOptionError, match="window"):
+        tm.get_throughput(window=0)
+    with pytest.raises(InvalidOptionError, match="10000 buckets"):
+        tm.get_throughput(window=86400, bucket=1)

@@ -652,11 +652,13 @@ class Worker:
         again."""
         if not self._fenced:
             log.warning(
-                "worker %s was marked %s by another worker; it claims nothing until its pod"
-                " %s has no active worker",
+                "worker %s was marked %s by another worker; its running tasks are recovered"
+                " elsewhere and it claims nothing%s",
                 self.worker_id,
                 status,
-                settings.pod_id,
+                f" while pod {settings.pod_id} has another active worker"
+                if settings.pod_id
+                else "",
             )
             self._fenced = True
         if settings.pod_id is not None:
