@@ -71,7 +71,7 @@ def target_for(store: str, tmp: Path) -> tuple[str, str]:
     return url, url
 
 
-def one_run(store: str, n: int, tmp: Path) -> tuple[float, float, float]:
+def one_run(store: str, n: int, tmp: Path, concurrency: int = 200) -> tuple[float, float, float]:
     """(worker µs/task, server µs/task, wall-clock tasks/s) of one drain of ``n`` no-op tasks."""
     url, target = target_for(store, tmp)
     tm = TaskManager(url, allow_unregistered=True)
@@ -79,7 +79,7 @@ def one_run(store: str, n: int, tmp: Path) -> tuple[float, float, float]:
     tm.submit_many([("noop", None)] * n)
     tm.close()
     counter = Counter(store, target, COUNT)
-    proc = Proc(["tideflow_worker.py", url, "--concurrency", "200", "--poll", "0.05"])
+    proc = Proc(["tideflow_worker.py", url, "--concurrency", str(concurrency), "--poll", "0.05"])
     try:
         proc.wait_ready()
         w0, s0, t0 = cpu_seconds(proc.pid), server_cpu(store), time.perf_counter()
@@ -99,10 +99,11 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres,mysql")
     parser.add_argument("-n", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=200, help="worker slots (default 200)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
-            runs = [one_run(store, args.n, Path(tmp)) for _ in range(args.runs)]
+            runs = [one_run(store, args.n, Path(tmp), args.concurrency) for _ in range(args.runs)]
             worker, server, rate = (median([r[i] for r in runs]) or 0.0 for i in range(3))
             print(
                 f"{store:9} worker {worker:6.1f} µs/task  server {server:6.1f} µs/task"

@@ -402,6 +402,7 @@ def _summary(
     out.write("Explore it" + (":\n" if db_arg else " (with TIDEFLOW_DB set to that URL):\n"))
     out.write(f"  {prog} tasks list{db_arg}\n")
     out.write(f"  {prog} tasks show {show}{db_arg}\n")
+    out.write(f"  {prog} dashboard{db_arg}   (pip install 'tideflow[dashboard]')\n")
 
 
 def _workflow_note(tm: TaskManager, out: TextIO, order: TaskInfo) -> None:
