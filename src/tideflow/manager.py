@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import threading
 import time
@@ -547,6 +548,31 @@ class TaskManager:
             for name, status, count in self._store.task_counts()
         ]
 
+    def get_unserved_tasks(self) -> list[dict[str, Any]]:
+        """Tasks waiting to be claimed that no active worker can run, grouped by name and
+        required capabilities: ``[{"name", "requires", "count", "reason"}]``, where ``reason``
+        says what is missing (a handler, or which capabilities)."""
+        self._check_open()
+        self._ensure_setup()
+        workers = self._store.list_workers("active")
+        handlers = [set(json.loads(w.handlers)) for w in workers]
+        capabilities = [set(json.loads(w.capabilities)) for w in workers]
+        out: list[dict[str, Any]] = []
+        for name, requires, count in self._store.waiting_counts():
+            needed = set(requires.split(",")) if requires else set()
+            able = [caps for hs, caps in zip(handlers, capabilities, strict=True) if name in hs]
+            if any(needed <= caps for caps in able):
+                continue
+            if not able:
+                reason = f"no active worker has a handler for {name!r}"
+            else:
+                missing = min((needed - caps for caps in able), key=len)
+                reason = "no active worker with a handler for it has the capabilities " + ", ".join(
+                    sorted(missing)
+                )
+            out.append({"name": name, "requires": sorted(needed), "count": count, "reason": reason})
+        return out
+
     def get_throughput(self, window: float = 3600.0, bucket: float = 60.0) -> list[dict[str, Any]]:
         """Tasks finished per ``bucket`` seconds over the last ``window`` seconds, oldest first:
         ``[{"start", "completed", "permanently_failed"}]``, one entry per bucket (zeros
@@ -939,6 +965,7 @@ class TaskManager:
     adelete_tasks = _twin(delete_tasks)
     aget_task_stats = _twin(get_task_stats)
     aget_throughput = _twin(get_throughput)
+    aget_unserved_tasks = _twin(get_unserved_tasks)
     arun_retention = _twin(run_retention)
     aquery_tasks = _twin(query_tasks)
     aquery_task_events = _twin(query_task_events)

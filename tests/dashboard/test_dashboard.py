@@ -131,6 +131,15 @@ def test_json_api_and_metrics(tm: TaskManager, client: TestClient) -> None:
     workers = client.get("/api/workers").json()
     assert [w["worker_id"] for w in workers] == [tm.worker_id]
 
+    other = TaskManager(tm.db_url, allow_unregistered=True)
+    other.submit("nobody-runs-this", requires=["gpu"])
+    other.close()
+    waiting = client.get("/api/overview").json()["unserved"]
+    assert [(u["name"], u["requires"], u["count"]) for u in waiting] == [
+        ("nobody-runs-this", ["gpu"], 1)
+    ]
+    assert "no active worker has a handler" in client.get("/").text
+
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert 'tideflow_tasks{name="child",status="completed"} 2.0' in metrics.text

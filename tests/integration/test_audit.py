@@ -199,3 +199,30 @@ def test_task_stats_and_throughput(make_manager: Any) -> None:
         tm.get_throughput(window=0)
     with pytest.raises(InvalidOptionError, match="10000 buckets"):
         tm.get_throughput(window=86400, bucket=1)
+
+
+def test_unserved_tasks_say_what_is_missing(make_manager: Any) -> None:
+    tm = make_manager(capabilities=["gpu"], allow_unregistered=True)
+    tm.use("render", lambda task: "ok")
+    tm.pause()  # registered and active, but claiming nothing: everything stays waiting
+    tm.start()
+    tm.submit("render", requires=["gpu"])  # this worker could run it
+    tm.submit("render", requires=["gpu", "big-mem"])
+    tm.submit_many([("transcode", None), ("transcode", None)])
+    unserved = tm.get_unserved_tasks()
+    assert unserved == [
+        {
+            "name": "render",
+            "requires": ["big-mem", "gpu"],
+            "count": 1,
+            "reason": "no active worker with a handler for it has the capabilities big-mem",
+        },
+        {
+            "name": "transcode",
+            "requires": [],
+            "count": 2,
+            "reason": "no active worker has a handler for 'transcode'",
+        },
+    ]
+    tm.stop()  # no active worker at all now
+    assert sum(u["count"] for u in tm.get_unserved_tasks()) == 4

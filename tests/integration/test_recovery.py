@@ -10,44 +10,10 @@ import time
 from typing import Any
 
 from support.wait import heartbeats_pass, wait_for, wait_for_status
+from support.workers import claim_as, ghost
 from support.workflow import RECOVERED_THEN_COMPLETED
-from tideflow.core import lifecycle
-from tideflow.core.types import ClaimRequest, WorkerRow
 
 FAST = {"task_heartbeat_interval": 0.05, "worker_heartbeat_interval": 0.05}
-
-
-def ghost(tm: Any, worker_id: str, *, last_seen: float, pod_id: str | None = None) -> None:
-    """Register a worker row that no process keeps alive."""
-    tm._store.register_worker(
-        WorkerRow(
-            worker_id=worker_id,
-            pod_id=pod_id,
-            host="elsewhere",
-            pid=1,
-            status="active",
-            capabilities="[]",
-            handlers='["job"]',
-            concurrency=1,
-            registered_at=last_seen,
-            last_seen_at=last_seen,
-            expires_at=last_seen + 30,
-        )
-    )
-
-
-def claim_as(tm: Any, worker_id: str, task_id: int) -> None:
-    now = time.time()
-    request = ClaimRequest(
-        worker_id=worker_id,
-        now=now,
-        limit=1,
-        names={"job": None},
-        capabilities=frozenset(),
-        plan=lifecycle.claim(worker_id, now),
-    )
-    (row,) = tm._store.claim(request)
-    assert (row.id, row.worker_id) == (task_id, worker_id)
 
 
 def status_of(tm: Any, worker_id: str) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from support.wait import heartbeats_pass, wait_for, wait_for_status
+from support.workers import claim_as, ghost
 from tideflow.errors import InvalidOptionError
 
 LATER = {"now": time.time() + 7200, "expire_time": 3600}  # everything finished is expired
@@ -128,3 +129,23 @@ def test_the_worker_sweeps_every_retention_interval(make_manager: Any) -> None:
     second = tm.submit("ok")
     wait_for(lambda: tm.get_task(second) is None, message="the second task was never swept")
     assert tm.query_task_events(second).total == 0
+
+
+def test_retention_forgets_workers_long_gone(make_manager: Any) -> None:
+    tm = make_manager(allow_unregistered=True)
+    task_id = tm.submit("job")
+    long_ago = time.time() - 7200
+    ghost(tm, "stopped-long-ago", last_seen=long_ago, status="stopped")
+    ghost(tm, "dead-long-ago", last_seen=long_ago, status="dead")
+    ghost(tm, "dead-but-holding", last_seen=long_ago, status="active")
+    claim_as(tm, "dead-but-holding", task_id)  # its task must be recovered first
+    tm._store.set_worker_status("dead-but-holding", "dead", long_ago)
+    ghost(tm, "stopped-just-now", last_seen=time.time(), status="stopped")
+    ghost(tm, "active-long-ago", last_seen=long_ago)  # nobody has judged it yet
+
+    tm.run_retention({"expire_time": 3600})
+    assert {w.worker_id for w in tm.get_workers()} == {
+        "dead-but-holding",
+        "stopped-just-now",
+        "active-long-ago",
+    }

@@ -13,12 +13,11 @@ from tideflow.cli.common import CliError, add_db_option, open_manager, resolve_d
 from tideflow.cli.format import duration, one_line, print_table, short_json, when
 from tideflow.errors import TideflowError
 from tideflow.manager import TaskManager
-from tideflow.models import TERMINAL_STATUSES, Status, TaskInfo
+from tideflow.models import Status, TaskInfo
 
 __all__ = ["add_commands"]
 
 STATUSES = [s.value for s in Status]
-_SCAN_PAGE = 1000
 
 
 def add_commands(sub: Any) -> None:
@@ -343,36 +342,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 # --- stats -------------------------------------------------------------------------------------
-def _all_tasks(tm: TaskManager) -> list[TaskInfo]:
-    tasks: list[TaskInfo] = []
-    offset = 0
-    while True:
-        page = tm.query_tasks(limit=_SCAN_PAGE, offset=offset)
-        tasks.extend(page.items)
-        if not page.has_more:
-            return tasks
-        offset += len(page.items)
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
     """``tideflow stats``: counts per name and status, workers, and work nobody can serve."""
     out = sys.stdout
     tm = _client(args)
     try:
-        tasks = _all_tasks(tm)
+        stats = tm.get_task_stats()
         workers = tm.get_workers()
+        unserved = tm.get_unserved_tasks()
     finally:
         tm.close()
-    counts: Counter[tuple[str, str]] = Counter((t.name, t.status) for t in tasks)
+    counts: Counter[tuple[str, str]] = Counter(
+        {(r["name"], r["status"]): r["count"] for r in stats}
+    )
     names = sorted({name for name, _ in counts})
     active = [w for w in workers if w.status == "active"]
-    unserved: Counter[str] = Counter()
-    for t in tasks:
-        if t.status in TERMINAL_STATUSES or t.status in ("running", "paused", "suspended"):
-            continue
-        if not any(t.name in w.handlers and set(t.requires) <= set(w.capabilities) for w in active):
-            missing = f" requiring {', '.join(t.requires)}" if t.requires else ""
-            unserved[f"{t.name}{missing}"] += 1
 
     if args.json:
         data = {
@@ -380,12 +364,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 {"name": n, "status": s, "count": c} for (n, s), c in sorted(counts.items())
             ],
             "workers": [w.to_dict() for w in workers],
-            "unserved": dict(unserved),
+            "unserved": unserved,
         }
         out.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return 0
 
-    if not tasks:
+    if not counts:
         out.write("no tasks\n")
     else:
         statuses = [s for s in STATUSES if any(counts[(n, s)] for n in names)]
@@ -393,7 +377,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
             [n, *[counts[(n, s)] for s in statuses], sum(counts[(n, s)] for s in statuses)]
             for n in names
         ]
-        rows.append(["TOTAL", *[sum(counts[(n, s)] for n in names) for s in statuses], len(tasks)])
+        rows.append(
+            [
+                "TOTAL",
+                *[sum(counts[(n, s)] for n in names) for s in statuses],
+                sum(counts.values()),
+            ]
+        )
         print_table(out, ["NAME", *[s.upper() for s in statuses], "TOTAL"], rows)
     by_status = Counter(w.status for w in workers)
     summary = ", ".join(f"{c} {s}" for s, c in sorted(by_status.items())) or "none registered"
@@ -407,8 +397,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
     if unserved:
         out.write("\nwaiting with no active worker that can run them:\n")
-        for what, count in sorted(unserved.items()):
-            out.write(f"  {count} x {what}\n")
+        for u in unserved:
+            needs = f" requiring {', '.join(u['requires'])}" if u["requires"] else ""
+            out.write(f"  {u['count']} x {u['name']}{needs}: {u['reason']}\n")
     return 0
 
 

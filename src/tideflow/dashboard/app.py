@@ -162,6 +162,7 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
             ],
             "workers": {s: sum(1 for w in workers if w.status == s) for s in _WORKER_STATUSES},
             "throughput": throughput,
+            "unserved": tm.get_unserved_tasks(),
             "peak": max((b["completed"] + b["permanently_failed"] for b in throughput), default=0),
         }
 

@@ -89,6 +89,10 @@ class Store(Protocol):
     def task_counts(self) -> list[tuple[str, str, int]]:
         """``(name, status, count)`` for every name and status with tasks."""
 
+    def waiting_counts(self) -> list[tuple[str, str | None, int]]:
+        """``(name, requires, count)`` of the tasks waiting to be claimed (pending, failed,
+        timeout), ``requires`` as stored (comma-separated, or None)."""
+
     def finished_histogram(
         self, since: float, bucket: float, statuses: Sequence[str]
     ) -> list[tuple[int, str, int]]:
@@ -139,6 +143,10 @@ class Store(Protocol):
         task under it; a plain task is a workflow of one) whose tasks all qualify, with their
         events and attempts. Returns the tasks, events and attempts deleted and the last root
         id looked at (the next batch's ``after_id``; None when there was none)."""
+
+    def delete_stale_workers(self, before: float) -> int:
+        """Delete the rows of workers that are not ``active``, were last seen before
+        ``before`` and own no running task; returns how many."""
 
     def orphaned_tasks(
         self, seen_before: float, *, exclude: str, limit: int = 1000

@@ -24,8 +24,9 @@ def sweep(
     stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, int]:
     """Delete every workflow whose tasks are all in ``statuses`` and last active before
-    ``before`` (or until ``stop()`` says so, between batches); returns ``{"tasks_deleted",
-    "events_deleted", "attempts_deleted"}``."""
+    ``before`` (or until ``stop()`` says so, between batches), then the rows of workers gone
+    since before ``before``; returns ``{"tasks_deleted", "events_deleted",
+    "attempts_deleted"}``."""
     totals = {"tasks_deleted": 0, "events_deleted": 0, "attempts_deleted": 0}
     after: int | None = 0
     while after is not None and not stop():
@@ -33,4 +34,6 @@ def sweep(
         totals["tasks_deleted"] += tasks
         totals["events_deleted"] += events
         totals["attempts_deleted"] += attempts
+    if not stop():
+        store.delete_stale_workers(before)
     return totals

@@ -42,6 +42,7 @@ _JITTER = TASK_COLUMNS.index("retry_jitter")
 _CONTEXT = TASK_COLUMNS.index("context")
 INSERT_COLUMNS = tuple(c for c in TASK_COLUMNS if c != "id")
 CLAIMABLE = ("pending", "failed", "timeout")
+_CLAIMABLE_LIST = ", ".join(f"'{s}'" for s in CLAIMABLE)
 EVENT_COLUMNS = (
     "id, task_id, root_id, parent_id, event_type, from_status, to_status, stage, worker_id,"
     " attempt, event_time, message, metadata"
@@ -639,6 +640,15 @@ class SqlStore:
             )
             return [(str(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
 
+    def waiting_counts(self) -> list[tuple[str, str | None, int]]:
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT name, requires, COUNT(*) FROM {T}"
+                f" WHERE status IN ({_CLAIMABLE_LIST})"
+                " GROUP BY name, requires ORDER BY name, requires"
+            )
+            return [(str(r[0]), r[1], int(r[2])) for r in cur.fetchall()]
+
     def _floor(self, expression: str) -> str:
         """SQL rounding a non-negative number down to an integer."""
         return f"FLOOR({expression})"
@@ -865,6 +875,18 @@ class SqlStore:
             cur.execute(self._q(f"SELECT status FROM {W} WHERE worker_id = ?"), (worker_id,))
             row = cur.fetchone()
         return None if row is None else str(row[0])
+
+    def delete_stale_workers(self, before: float) -> int:
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    f"DELETE FROM {W} WHERE status <> 'active' AND last_seen_at < ?"
+                    f" AND NOT EXISTS (SELECT 1 FROM {T} WHERE {T}.status = 'running'"
+                    f" AND {T}.worker_id = {W}.worker_id)"
+                ),
+                (before,),
+            )
+            return max(0, int(cur.rowcount))
 
     def orphaned_tasks(
         self, seen_before: float, *, exclude: str, limit: int = 1000

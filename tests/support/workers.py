@@ -1,0 +1,50 @@
+"""Worker rows and claims written straight to the store, as another machine's worker would
+have left them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tideflow.core import lifecycle
+from tideflow.core.types import ClaimRequest, WorkerRow
+
+
+def ghost(
+    tm: Any,
+    worker_id: str,
+    *,
+    last_seen: float,
+    pod_id: str | None = None,
+    status: str = "active",
+) -> None:
+    """Register a worker row that no process keeps alive."""
+    tm._store.register_worker(
+        WorkerRow(
+            worker_id=worker_id,
+            pod_id=pod_id,
+            host="elsewhere",
+            pid=1,
+            status=status,
+            capabilities="[]",
+            handlers='["job"]',
+            concurrency=1,
+            registered_at=last_seen,
+            last_seen_at=last_seen,
+            expires_at=last_seen + 30,
+        )
+    )
+
+
+def claim_as(tm: Any, worker_id: str, task_id: int) -> None:
+    now = time.time()
+    request = ClaimRequest(
+        worker_id=worker_id,
+        now=now,
+        limit=1,
+        names={"job": None},
+        capabilities=frozenset(),
+        plan=lifecycle.claim(worker_id, now),
+    )
+    (row,) = tm._store.claim(request)
+    assert (row.id, row.worker_id) == (task_id, worker_id)
