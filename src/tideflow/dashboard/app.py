@@ -178,8 +178,12 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         if audit.task is None:
             raise TaskNotFoundError(f"no task with id {task_id}")
         children = tm.get_child_tasks(task_id)
-        return {"task": audit.task, "events": audit.events, "attempts": audit.attempts,
-                "children": children}  # fmt: skip
+        return {
+            "task": audit.task,
+            "events": audit.events,
+            "attempts": audit.attempts,
+            "children": children,
+        }
 
     def workflow_detail(root_id: int) -> dict[str, Any]:
         summary = tm.get_workflow_audit_summary(root_id)
@@ -189,9 +193,13 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         kids: dict[int | None, list[TaskInfo]] = {}
         for t in tasks:
             kids.setdefault(t.parent_id if t.id != root_id else None, []).append(t)
-        return {"summary": summary, "tasks": tasks, "children": kids,
-                "critical": {n["task_id"] for n in summary["critical_path"]["nodes"]},
-                "truncated": summary["totals"]["tasks"] > len(tasks)}  # fmt: skip
+        return {
+            "summary": summary,
+            "tasks": tasks,
+            "children": kids,
+            "critical": {n["task_id"] for n in summary["critical_path"]["nodes"]},
+            "truncated": summary["totals"]["tasks"] > len(tasks),
+        }
 
     def act(task_id: int, action: str, reason: str | None) -> None:
         if action not in ACTIONS:
