@@ -472,6 +472,9 @@ class MysqlStore(SqlStore):
     register_worker = _retrying(SqlStore.register_worker)
     heartbeat_worker = _retrying(SqlStore.heartbeat_worker)
     update_worker = _retrying(SqlStore.update_worker)
+    orphaned_tasks = _retrying(SqlStore.orphaned_tasks)
+    delete_expired = _retrying(SqlStore.delete_expired)
+    delete_stale_workers = _retrying(SqlStore.delete_stale_workers)
 
     def _insert_one(self, cur: Cursor, task: NewTask) -> int:
         try:
