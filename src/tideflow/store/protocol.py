@@ -33,6 +33,8 @@ class Store(Protocol):
     #: how many :meth:`exchange` calls a worker should keep on their way at once: more than one
     #: only pays where the database works on several transactions in parallel
     parallel_exchanges: int
+    #: root tasks looked at per retention transaction
+    retention_batch: int
 
     def setup(self) -> None:
         """Create or migrate the schema to the current version (idempotent, safe concurrently)."""

@@ -125,6 +125,8 @@ class SqlStore:
     #: appended to a SELECT whose rows the transaction is about to change (SQLite: nothing,
     #: its write transactions are exclusive)
     lock_rows = ""
+    #: root tasks per retention transaction (:meth:`delete_expired`)
+    retention_batch = 500
 
     # --- what a dialect provides ---------------------------------------------------------------
     def _write(self) -> contextlib.AbstractContextManager[Cursor]:
@@ -600,6 +602,9 @@ class SqlStore:
         self, before: float, statuses: Sequence[str], limit: int, after_id: int = 0
     ) -> tuple[int, int, int, int | None]:
         with self._write() as cur:
+            # roots are walked in id order from after_id, stopping at the limit: the planner
+            # would rather scan and sort the whole table ("id = root_id" looks rare to it)
+            self._plan_by_id(cur)
             marks = _placeholders(len(statuses))
             cur.execute(
                 self._q(
@@ -614,7 +619,7 @@ class SqlStore:
             cur.execute(
                 self._q(
                     f"SELECT root_id, status, last_active_time FROM {T}"
-                    f" WHERE root_id IN ({_placeholders(len(roots))}) ORDER BY id{self.lock_rows}"
+                    f" WHERE root_id IN ({_placeholders(len(roots))}){self.lock_rows}"
                 ),
                 roots,
             )
@@ -626,11 +631,16 @@ class SqlStore:
             gone = [r for r in roots if r not in keep]
             counts = [0, 0, 0]
             if gone:
-                where = f"root_id IN ({_placeholders(len(gone))})"
                 for i, table in enumerate((T, E, A)):
-                    cur.execute(self._q(f"DELETE FROM {table} WHERE {where}"), gone)
-                    counts[i] = max(0, int(cur.rowcount))
+                    counts[i] = self._delete_by_root(cur, table, gone)
         return counts[0], counts[1], counts[2], roots[-1]
+
+    def _delete_by_root(self, cur: Cursor, table: str, roots: Sequence[int]) -> int:
+        """Delete the rows of ``table`` in the workflows ``roots``; returns how many."""
+        cur.execute(
+            self._q(f"DELETE FROM {table} WHERE root_id IN ({_placeholders(len(roots))})"), roots
+        )
+        return max(0, int(cur.rowcount))
 
     def task_counts(self) -> list[tuple[str, str, int]]:
         with self._read() as cur:
