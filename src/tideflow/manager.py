@@ -911,19 +911,31 @@ class TaskManager:
         )
         event_filters = _keywords(events, "events", self.query_workflow_events)
         root_id = _check_id(root_id)
+        root = self._workflow_root(root_id)
         return WorkflowAudit(
-            root_task=self.get_task(root_id),
+            root_task=root,
             tasks=self.query_tasks(workflow_root_id=root_id, **task_filters),
             events=self.query_workflow_events(root_id, **event_filters),
         )
+
+    def _workflow_root(self, root_id: int) -> TaskInfo | None:
+        """The root task ``root_id`` (None if unknown); a task inside a workflow is refused."""
+        root = self.get_task(root_id)
+        if root is not None and root.root_id != root.id:
+            raise InvalidOptionError(
+                f"task {root.id} is not a workflow root: it belongs to the workflow rooted at"
+                f" {root.root_id}; pass that id"
+            )
+        return root
 
     def get_workflow_audit_summary(self, root_id: int) -> dict[str, Any]:
         """Counts, timings, failed tasks, the critical path and the 5 slowest attempts of the
         workflow rooted at ``root_id`` (SPEC Appendix A), from the rows still stored. It reads
         the whole workflow: meant for diagnosis, not for a hot path."""
         root_id = _check_id(root_id)
+        root = self._workflow_root(root_id)
         return audit.workflow_summary(
-            self.get_task(root_id),
+            root,
             self.query_tasks(workflow_root_id=root_id).items,
             self.query_workflow_attempts(root_id).items,
             self.query_workflow_events(root_id).items,

@@ -95,6 +95,10 @@ def test_workflow_events_attempts_and_audits(make_manager: Any) -> None:
     assert sorted(t.name for t in flow.tasks.items) == ["quick", "root", "slow"]
     assert (len(flow.events.items), flow.events.total) == (3, every.total)
 
+    for call in (tm.get_workflow_audit, tm.get_workflow_audit_summary):
+        with pytest.raises(InvalidOptionError, match=f"rooted at {root_id}"):
+            call(ids["slow"])  # a child, not the root
+
     missing = tm.get_task_audit(10_000_000)
     assert missing.task is None
     assert (missing.events.total, missing.attempts.total) == (0, 0)
