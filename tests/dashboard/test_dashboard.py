@@ -105,6 +105,13 @@ def test_pages_show_the_database(tm: TaskManager, client: TestClient) -> None:
     assert tm.worker_id in workers.text
     assert "stopped" in workers.text
 
+    refreshing = client.get("/tasks", params={"status": "completed", "refresh": 5})
+    assert '<meta http-equiv="refresh" content="5">' in refreshing.text
+    assert 'href="/tasks?status=completed&amp;refresh=30"' in refreshing.text
+    assert 'href="/tasks?status=completed"' in refreshing.text  # "off" keeps the filter
+    assert "http-equiv" not in home.text
+    assert client.get("/", params={"refresh": "often"}).status_code == 400
+
     assert client.get("/tasks/999999").status_code == 404
     assert client.get("/tasks", params={"status": "bogus"}).status_code == 400
     assert client.get("/tasks", params={"limit": "many"}).status_code == 400

@@ -128,6 +128,7 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
 
     def page(request: Request, name: str, context: Mapping[str, Any], status: int = 200) -> Any:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        refresh = _int_param(request, "refresh", 0, 0, 3600) if status == 200 else 0
         response = templates.TemplateResponse(
             request,
             name,
@@ -136,6 +137,8 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
                 "signed_in": signed_in(request),
                 "statuses": STATUSES,
                 "actions": ACTIONS,
+                "refresh": refresh,
+                "refresh_links": _refresh_links(request),
                 **context,
             },
             status_code=status,
@@ -363,6 +366,16 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         TideflowError: on_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _refresh_links(request: Request) -> list[tuple[str, str]]:
+    """(label, url) to turn the page's auto-refresh off or on, keeping its other parameters."""
+    params = {k: v for k, v in request.query_params.items() if k not in ("refresh", "done")}
+    out = []
+    for label, seconds in (("off", 0), ("5 s", 5), ("30 s", 30)):
+        query = urlencode({**params, "refresh": seconds} if seconds else params)
+        out.append((label, f"{request.url.path}?{query}" if query else request.url.path))
+    return out
 
 
 def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
