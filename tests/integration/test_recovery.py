@@ -117,3 +117,44 @@ def test_without_recovery_a_dead_workers_task_times_out_when_stalled(make_manage
         (tm.worker_id, "completed"),
     ]
     assert status_of(tm, "ghost") == "active"  # nobody judged it: recovery is off
+
+
+def test_one_worker_at_a_time_runs_the_sweeps(shared_db_url: str) -> None:
+    from tideflow import TaskManager
+
+    def holder() -> str | None:
+        return client._store.lease_holder("maintenance")  # type: ignore[no-any-return]
+
+    client = TaskManager(shared_db_url, allow_unregistered=True)
+    first = TaskManager(shared_db_url, worker_id="first", poll_interval=0.02, **FAST)
+    second = TaskManager(shared_db_url, worker_id="second", poll_interval=0.02, **FAST)
+    try:
+        for tm in (first, second):
+            tm.use("job", lambda task: None)
+            tm.pause()  # nothing is claimed: only the sweeps are watched
+        first.start()
+        wait_for(lambda: holder() == "first", message="the first worker never took the lease")
+        second.start()
+        heartbeats_pass(second)
+        assert holder() == "first"  # renewed every round: the second worker only asks
+
+        def recovered_by(task_id: int) -> str | None:
+            found = client.query_task_events(task_id, event_type="task_recovered").items
+            return found[0].metadata["recovered_by_worker_id"] if found else None
+
+        ghost(client, "gone-1", last_seen=time.time() - 120)
+        task_id = client.submit("job")
+        claim_as(client, "gone-1", task_id)
+        assert wait_for(lambda: recovered_by(task_id)) == "first"
+        client.cancel_task(task_id)  # out of the way of the next claim
+
+        first.stop()  # gives the lease up
+        wait_for(lambda: holder() == "second", message="the lease was not taken over")
+        ghost(client, "gone-2", last_seen=time.time() - 120)
+        task_id = client.submit("job")
+        claim_as(client, "gone-2", task_id)
+        assert wait_for(lambda: recovered_by(task_id)) == "second"
+    finally:
+        for tm in (second, first, client):
+            tm.stop(timeout=5)
+            tm.close()

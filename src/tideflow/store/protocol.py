@@ -146,6 +146,17 @@ class Store(Protocol):
         events and attempts. Returns the tasks, events and attempts deleted and the last root
         id looked at (the next batch's ``after_id``; None when there was none)."""
 
+    def acquire_lease(self, name: str, holder: str, now: float, stale_before: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder``: it holds when nobody has it, when
+        ``holder`` already has it, or when its holder last renewed it before ``stale_before``.
+        Returns whether ``holder`` has it now."""
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` (None: nobody), however long ago it was renewed."""
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease ``name`` up if ``holder`` has it."""
+
     def delete_stale_workers(self, before: float) -> int:
         """Delete the rows of workers that are not ``active``, were last seen before
         ``before`` and own no running task; returns how many."""

@@ -41,6 +41,9 @@ log = logging.getLogger("tideflow.worker")
 
 R = TypeVar("R")
 
+#: the lease whose holder runs the sweeps for every worker (recovery, stalls, retention)
+MAINTENANCE_LEASE = "maintenance"
+
 
 _INTERNAL = (
     os.path.dirname(os.path.abspath(__file__)),
@@ -589,17 +592,18 @@ class Worker:
                 if now - last_worker >= settings.worker_heartbeat_interval:
                     last_worker = now
                     await self._worker_heartbeat(now, settings)
+                if not await self._lead(now, settings):
+                    continue  # another worker runs the sweeps for everyone this round
                 # before the stall sweep: a dead worker's tasks are recovered, not timed out
-                if settings.recover_running_jobs and not self._fenced:
+                if settings.recover_running_jobs:
                     await self._reclaim(now, settings)
                 await self._sweep_stalled(now, settings)
                 job = self._retention_job
                 if time.monotonic() >= next_retention and (job is None or job.done()):
                     next_retention = time.monotonic() + settings.retention_interval
-                    if not self._fenced:
-                        self._retention_job = asyncio.create_task(
-                            self._retention(now, settings), name="tideflow-retention"
-                        )
+                    self._retention_job = asyncio.create_task(
+                        self._retention(now, settings), name="tideflow-retention"
+                    )
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -645,6 +649,21 @@ class Worker:
         elif status in ("superseded", "dead"):
             await self._fenced_off(status, now, settings)
 
+    async def _lead(self, now: float, settings: ManagerSettings) -> bool:
+        """Whether this worker runs this round's sweeps for everyone: it holds (or takes, or
+        renews) the maintenance lease. A holder not heard of for this worker's
+        ``worker_heartbeat_timeout`` loses it to the next worker that asks."""
+        if self._fenced:
+            return False
+        held: bool = await self._db(
+            self._store.acquire_lease,
+            MAINTENANCE_LEASE,
+            self.worker_id,
+            now,
+            now - settings.worker_heartbeat_timeout,
+        )
+        return held
+
     async def _fenced_off(self, status: str, now: float, settings: ManagerSettings) -> None:
         """Another worker marked this one superseded (a newer worker of its pod registered) or
         dead (its heartbeat was late): claim nothing (its running tasks are recovered by others
@@ -661,6 +680,8 @@ class Worker:
                 else "",
             )
             self._fenced = True
+            with contextlib.suppress(Exception):
+                await self._db(self._store.release_lease, MAINTENANCE_LEASE, self.worker_id)
         if settings.pod_id is not None:
             active = await self._db(self._store.list_workers, "active")
             if any(w.pod_id == settings.pod_id for w in active if w.worker_id != self.worker_id):
@@ -758,5 +779,6 @@ class Worker:
         await self._completer.flush()
         try:
             await self._db(self._store.set_worker_status, self.worker_id, "stopped", time.time())
+            await self._db(self._store.release_lease, MAINTENANCE_LEASE, self.worker_id)
         except Exception as exc:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)

@@ -35,6 +35,7 @@ log = logging.getLogger("tideflow.store")
 T = "tideflow_tasks"
 E = "tideflow_events"
 A = "tideflow_attempts"
+L = "tideflow_leases"
 W = "tideflow_workers"
 
 TASK_SELECT = ", ".join(TASK_COLUMNS)
@@ -885,6 +886,30 @@ class SqlStore:
             cur.execute(self._q(f"SELECT status FROM {W} WHERE worker_id = ?"), (worker_id,))
             row = cur.fetchone()
         return None if row is None else str(row[0])
+
+    def acquire_lease(self, name: str, holder: str, now: float, stale_before: float) -> bool:
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    f"UPDATE {L} SET holder = ?, renewed_at = ? WHERE name = ?"
+                    " AND (holder = ? OR holder IS NULL OR renewed_at < ?)"
+                ),
+                (holder, now, name, holder, stale_before),
+            )
+            return int(cur.rowcount) > 0
+
+    def lease_holder(self, name: str) -> str | None:
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT holder FROM {L} WHERE name = ?"), (name,))
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._write() as cur:
+            cur.execute(
+                self._q(f"UPDATE {L} SET holder = NULL WHERE name = ? AND holder = ?"),
+                (name, holder),
+            )
 
     def delete_stale_workers(self, before: float) -> int:
         with self._write() as cur:

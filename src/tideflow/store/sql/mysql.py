@@ -55,7 +55,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["MysqlStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
@@ -162,6 +162,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_seen_at DOUBLE NOT NULL,
             expires_at DOUBLE NOT NULL
         ) {options}""",
+    ),
+    # one worker at a time runs the sweeps for everyone (recovery, stalls, retention)
+    2: (
+        """CREATE TABLE IF NOT EXISTS tideflow_leases (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            holder VARCHAR(255),
+            renewed_at DOUBLE NOT NULL
+        ) {options}""",
+        "INSERT IGNORE INTO tideflow_leases (name, holder, renewed_at)"
+        " VALUES ('maintenance', NULL, 0)",
     ),
 }
 
@@ -476,6 +486,8 @@ class MysqlStore(SqlStore):
     heartbeat_worker = _retrying(SqlStore.heartbeat_worker)
     update_worker = _retrying(SqlStore.update_worker)
     orphaned_tasks = _retrying(SqlStore.orphaned_tasks)
+    acquire_lease = _retrying(SqlStore.acquire_lease)
+    release_lease = _retrying(SqlStore.release_lease)
     delete_expired = _retrying(SqlStore.delete_expired)
     delete_stale_workers = _retrying(SqlStore.delete_stale_workers)
 

@@ -43,7 +43,7 @@ __all__ = ["CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tideflow.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: NOTIFY channel announcing that a task may be due now
 CHANNEL = "tideflow_tasks"
 #: ``pg_advisory_xact_lock`` key serialising concurrent ``setup()`` calls ("tideflow")
@@ -153,6 +153,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_seen_at DOUBLE PRECISION NOT NULL,
             expires_at DOUBLE PRECISION NOT NULL
         )""",
+    ),
+    # one worker at a time runs the sweeps for everyone (recovery, stalls, retention)
+    2: (
+        """CREATE TABLE tideflow_leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT,
+            renewed_at DOUBLE PRECISION NOT NULL
+        )""",
+        "INSERT INTO tideflow_leases (name, holder, renewed_at) VALUES ('maintenance', NULL, 0)",
     ),
 }
 

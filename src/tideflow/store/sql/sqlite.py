@@ -20,7 +20,7 @@ from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -123,6 +123,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_seen_at REAL NOT NULL,
             expires_at REAL NOT NULL
         )""",
+    ),
+    # one worker at a time runs the sweeps for everyone (recovery, stalls, retention)
+    2: (
+        """CREATE TABLE tideflow_leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT,
+            renewed_at REAL NOT NULL
+        )""",
+        "INSERT INTO tideflow_leases (name, holder, renewed_at) VALUES ('maintenance', NULL, 0)",
     ),
 }
 
