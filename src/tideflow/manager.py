@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import functools
 import inspect
-import json
 import logging
 import threading
 import time
@@ -39,6 +38,7 @@ from tideflow.errors import (
 )
 from tideflow.models import (
     TERMINAL_STATUSES,
+    WORKER_STATUSES,
     HandlerInfo,
     Page,
     TaskAttempt,
@@ -61,6 +61,7 @@ log = logging.getLogger("tideflow")
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _RETRY_STRATEGY_KEYS = {
     "max_attempts": "max_retries",
@@ -117,6 +118,40 @@ def _keywords(
             f" allowed: {', '.join(sorted(allowed))}"
         )
     return dict(given)
+
+
+def _filters(given: Mapping[str, Any]) -> dict[str, Any]:
+    """A query method's keyword arguments, from its ``locals()`` (without self and the id)."""
+    return {k: v for k, v in given.items() if k not in ("self", "task_id", "root_id")}
+
+
+def _audit_filter(scope: EventFilter, given: Mapping[str, Any]) -> EventFilter:
+    """``scope`` (a task or a workflow) with the checked keywords of an event or attempt
+    query: ``event_type`` joins ``event_types``, times become POSIX seconds."""
+    _check_page(given["limit"], given["offset"], given["order"])
+    values = dict(given)
+    if "event_types" in values:
+        types = values.pop("event_types")
+        if isinstance(types, str):
+            raise InvalidOptionError(
+                f"event_types must be a list of event types, got the string {types!r}"
+            )
+        types = list(types or [])
+        if values.get("event_type") is not None:
+            types.append(values["event_type"])
+        values["event_types"] = types or None
+    values.pop("event_type", None)
+    outcome = values.get("outcome")
+    if outcome is not None and outcome not in ATTEMPT_OUTCOMES:
+        raise InvalidOptionError(
+            f"outcome must be one of {', '.join(sorted(ATTEMPT_OUTCOMES))}, got {outcome!r}"
+        )
+    if not isinstance(values.get("open_only", False), bool):
+        raise InvalidOptionError(f"open_only must be True or False, got {values['open_only']!r}")
+    for name in ("started_after", "started_before", "ended_after", "ended_before"):
+        if name in values:
+            values[name] = _ts(values[name], name)
+    return dataclasses.replace(scope, **values)
 
 
 def _check_page(limit: int | None, offset: int, order: str) -> None:
@@ -554,13 +589,11 @@ class TaskManager:
         says what is missing (a handler, or which capabilities)."""
         self._check_open()
         self._ensure_setup()
-        workers = self._store.list_workers("active")
-        handlers = [set(json.loads(w.handlers)) for w in workers]
-        capabilities = [set(json.loads(w.capabilities)) for w in workers]
+        workers = self.get_workers("active")
         out: list[dict[str, Any]] = []
         for name, requires, count in self._store.waiting_counts():
             needed = set(requires.split(",")) if requires else set()
-            able = [caps for hs, caps in zip(handlers, capabilities, strict=True) if name in hs]
+            able = [set(w.capabilities) for w in workers if name in w.handlers]
             if any(needed <= caps for caps in able):
                 continue
             if not able:
@@ -693,19 +726,8 @@ class TaskManager:
         order: str = "asc",
     ) -> Page[TaskEvent]:
         """The audit events of one task (``started_*`` bound the event time)."""
-        return self._event_page(
-            EventFilter(task_id=_check_id(task_id)),
-            event_type=event_type,
-            event_types=event_types,
-            worker_id=worker_id,
-            attempt=attempt,
-            stage=stage,
-            started_after=started_after,
-            started_before=started_before,
-            limit=limit,
-            offset=offset,
-            order=order,
-        )
+        query = _audit_filter(EventFilter(task_id=_check_id(task_id)), _filters(locals()))
+        return self._page_of(self._store.query_events, query)
 
     def query_workflow_events(
         self,
@@ -723,59 +745,8 @@ class TaskManager:
         order: str = "asc",
     ) -> Page[TaskEvent]:
         """The audit events of every task of the workflow rooted at ``root_id``."""
-        return self._event_page(
-            EventFilter(root_id=_check_id(root_id)),
-            event_type=event_type,
-            event_types=event_types,
-            worker_id=worker_id,
-            attempt=attempt,
-            stage=stage,
-            started_after=started_after,
-            started_before=started_before,
-            limit=limit,
-            offset=offset,
-            order=order,
-        )
-
-    def _event_page(
-        self,
-        scope: EventFilter,
-        *,
-        event_type: str | None = None,
-        event_types: Sequence[str] | None = None,
-        worker_id: str | None = None,
-        attempt: int | None = None,
-        stage: int | None = None,
-        started_after: datetime | float | None = None,
-        started_before: datetime | float | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        order: str = "asc",
-    ) -> Page[TaskEvent]:
-        _check_page(limit, offset, order)
-        if isinstance(event_types, str):
-            raise InvalidOptionError(
-                f"event_types must be a list of event types, got the string {event_types!r}"
-            )
-        types = list(event_types or [])
-        if event_type is not None:
-            types.append(event_type)
-        query = dataclasses.replace(
-            scope,
-            event_types=types or None,
-            worker_id=worker_id,
-            attempt=attempt,
-            stage=stage,
-            started_after=_ts(started_after, "started_after"),
-            started_before=_ts(started_before, "started_before"),
-            limit=limit,
-            offset=offset,
-            order=order,
-        )
-        self._check_open()
-        self._ensure_setup()
-        items, total = self._store.query_events(query)
-        return Page(items, total, limit, offset, offset + len(items) < total)
+        query = _audit_filter(EventFilter(root_id=_check_id(root_id)), _filters(locals()))
+        return self._page_of(self._store.query_events, query)
 
     def query_task_attempts(
         self,
@@ -793,19 +764,8 @@ class TaskManager:
         order: str = "asc",
     ) -> Page[TaskAttempt]:
         """The execution rounds of one task (``open_only``: only the one running now)."""
-        return self._attempt_page(
-            EventFilter(task_id=_check_id(task_id)),
-            worker_id=worker_id,
-            outcome=outcome,
-            started_after=started_after,
-            started_before=started_before,
-            ended_after=ended_after,
-            ended_before=ended_before,
-            open_only=open_only,
-            limit=limit,
-            offset=offset,
-            order=order,
-        )
+        query = _audit_filter(EventFilter(task_id=_check_id(task_id)), _filters(locals()))
+        return self._page_of(self._store.query_attempts, query)
 
     def query_workflow_attempts(
         self,
@@ -823,59 +783,16 @@ class TaskManager:
         order: str = "asc",
     ) -> Page[TaskAttempt]:
         """The execution rounds of every task of the workflow rooted at ``root_id``."""
-        return self._attempt_page(
-            EventFilter(root_id=_check_id(root_id)),
-            worker_id=worker_id,
-            outcome=outcome,
-            started_after=started_after,
-            started_before=started_before,
-            ended_after=ended_after,
-            ended_before=ended_before,
-            open_only=open_only,
-            limit=limit,
-            offset=offset,
-            order=order,
-        )
+        query = _audit_filter(EventFilter(root_id=_check_id(root_id)), _filters(locals()))
+        return self._page_of(self._store.query_attempts, query)
 
-    def _attempt_page(
-        self,
-        scope: EventFilter,
-        *,
-        worker_id: str | None = None,
-        outcome: str | None = None,
-        started_after: datetime | float | None = None,
-        started_before: datetime | float | None = None,
-        ended_after: datetime | float | None = None,
-        ended_before: datetime | float | None = None,
-        open_only: bool = False,
-        limit: int | None = None,
-        offset: int = 0,
-        order: str = "asc",
-    ) -> Page[TaskAttempt]:
-        _check_page(limit, offset, order)
-        if outcome is not None and outcome not in ATTEMPT_OUTCOMES:
-            raise InvalidOptionError(
-                f"outcome must be one of {', '.join(sorted(ATTEMPT_OUTCOMES))}, got {outcome!r}"
-            )
-        if not isinstance(open_only, bool):
-            raise InvalidOptionError(f"open_only must be True or False, got {open_only!r}")
-        query = dataclasses.replace(
-            scope,
-            worker_id=worker_id,
-            outcome=outcome,
-            started_after=_ts(started_after, "started_after"),
-            started_before=_ts(started_before, "started_before"),
-            ended_after=_ts(ended_after, "ended_after"),
-            ended_before=_ts(ended_before, "ended_before"),
-            open_only=open_only,
-            limit=limit,
-            offset=offset,
-            order=order,
-        )
+    def _page_of(
+        self, run: Callable[[EventFilter], tuple[list[T], int]], query: EventFilter
+    ) -> Page[T]:
         self._check_open()
         self._ensure_setup()
-        items, total = self._store.query_attempts(query)
-        return Page(items, total, limit, offset, offset + len(items) < total)
+        items, total = run(query)
+        return Page(items, total, query.limit, query.offset, query.offset + len(items) < total)
 
     def get_task_audit(
         self,
@@ -943,9 +860,9 @@ class TaskManager:
 
     def get_workers(self, status: str | None = None) -> list[WorkerInfo]:
         """Registered workers, optionally with one status."""
-        if status is not None and status not in ("active", "superseded", "dead", "stopped"):
+        if status is not None and status not in WORKER_STATUSES:
             raise InvalidOptionError(
-                f"worker status must be active, superseded, dead or stopped, got {status!r}"
+                f"worker status must be one of {', '.join(WORKER_STATUSES)}, got {status!r}"
             )
         self._check_open()
         self._ensure_setup()

@@ -12,6 +12,7 @@ from tideflow.errors import InvalidStatusError
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "WORKER_STATUSES",
     "HandlerInfo",
     "Page",
     "Status",
@@ -43,6 +44,9 @@ class Status(enum.StrEnum):
 
 TERMINAL_STATUSES = frozenset({Status.COMPLETED.value, Status.PERMANENTLY_FAILED.value})
 _STATUS_VALUES = tuple(s.value for s in Status)
+
+#: a worker's liveness (SPEC §8): ``superseded`` and ``dead`` workers claim nothing
+WORKER_STATUSES = ("active", "superseded", "dead", "stopped")
 
 
 def parse_status(value: str | Status) -> str:

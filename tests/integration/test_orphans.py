@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from support.wait import wait_for_status
+from support.workers import claim
 from support.workflow import RECOVERED_THEN_COMPLETED
-from tideflow.core import lifecycle
-from tideflow.core.types import ClaimRequest
 
 
 def test_orphaned_claim_is_released_and_then_run(make_manager: Any) -> None:
@@ -18,16 +16,7 @@ def test_orphaned_claim_is_released_and_then_run(make_manager: Any) -> None:
     tm.start()
     task_id = tm.submit("job")
     # claim the row in the worker's name, as if the claim's reply had been lost on the way
-    now = time.time()
-    request = ClaimRequest(
-        worker_id=tm.worker_id,
-        now=now,
-        limit=1,
-        names={"job": None},
-        capabilities=frozenset(),
-        plan=lifecycle.claim(tm.worker_id, now),
-    )
-    (row,) = tm._store.claim(request)
+    (row,) = claim(tm, tm.worker_id)
     assert (row.id, row.status) == (task_id, "running")
     tm.resume()
 

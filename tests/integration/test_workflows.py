@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from support.wait import assert_stays, wait_for, wait_for_status
+from support.workers import claim
 from support.workflow import attempts, event_types, events, meta, outcomes
 from tideflow import TaskManager
 
@@ -834,25 +835,6 @@ def test_retried_child_is_counted_once(make_manager: Any) -> None:
     assert event_types(tm, parent_id).count("task_resumed") == 2
 
 
-def _claim_all(tm: Any, name: str, worker_id: str, limit: int) -> list[Any]:
-    from tideflow.core import lifecycle
-    from tideflow.core.types import ClaimRequest
-
-    now = time.time()
-    return list(
-        tm._store.claim(
-            ClaimRequest(
-                worker_id=worker_id,
-                now=now,
-                limit=limit,
-                names={name: None},
-                capabilities=frozenset(),
-                plan=lifecycle.claim(worker_id, now),
-            )
-        )
-    )
-
-
 def test_children_finishing_in_one_batch_count_once_and_resume_once(make_manager: Any) -> None:
     from tideflow.core import cron, lifecycle
 
@@ -863,7 +845,7 @@ def test_children_finishing_in_one_batch_count_once_and_resume_once(make_manager
     wait_for_status(tm, parent_id, "suspended")
     tm.stop(timeout=5)
 
-    kids = _claim_all(tm, "kid", "w-batch", 3)
+    kids = claim(tm, "w-batch", "kid", limit=3)
     assert len(kids) == 3
     now = time.time()
     # the three outcomes and a second copy of the first (a stale duplicate) in one batch

@@ -36,15 +36,22 @@ def ghost(
     )
 
 
-def claim_as(tm: Any, worker_id: str, task_id: int) -> None:
+def claim(tm: Any, worker_id: str, name: str = "job", limit: int = 1) -> list[Any]:
+    """Claim up to ``limit`` due ``name`` tasks in ``worker_id``'s name, straight through the
+    store (as that worker's claim would), without running them."""
     now = time.time()
     request = ClaimRequest(
         worker_id=worker_id,
         now=now,
-        limit=1,
-        names={"job": None},
+        limit=limit,
+        names={name: None},
         capabilities=frozenset(),
         plan=lifecycle.claim(worker_id, now),
     )
-    (row,) = tm._store.claim(request)
+    return list(tm._store.claim(request))
+
+
+def claim_as(tm: Any, worker_id: str, task_id: int) -> None:
+    """Claim the task ``task_id`` (the oldest due ``job``) in ``worker_id``'s name."""
+    (row,) = claim(tm, worker_id)
     assert (row.id, row.worker_id) == (task_id, worker_id)

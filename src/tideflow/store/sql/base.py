@@ -162,8 +162,9 @@ class SqlStore:
         return value
 
     def _plan_by_id(self, cur: Cursor) -> None:
-        """Before the hot path's statements: make the planner reach rows by id and take claim
-        candidates in index order, whatever its statistics say (a no-op by default)."""
+        """Before the statements of a transaction that walks an index in order (the hot path's
+        claims and batched writes, retention's roots): make the planner reach rows by id and
+        take them in index order, whatever its statistics say (a no-op by default)."""
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """No push channel by default: workers poll."""
