@@ -655,6 +655,8 @@ def test_progress_and_audit_validate_their_input(make_manager: Any) -> None:
             lambda: task.progress(progress_percent=150),
             lambda: task.progress(progress_percent=-1),
             lambda: task.progress(stage_name=""),
+            lambda: task.progress("   "),
+            lambda: task.progress(),
             lambda: task.progress("x", metadata={"bad": object()}),
             lambda: task.audit(""),
             lambda: task.audit("CODE", metadata={"bad": {1, 2}}),
@@ -673,7 +675,7 @@ def test_progress_and_audit_validate_their_input(make_manager: Any) -> None:
     task_id = tm.submit("bad")
     tm.start()
     info = wait_for_status(tm, task_id, "completed")
-    assert errors == ["ValueError"] * 6
+    assert errors == ["ValueError"] * 8
     assert event_types(tm, task_id) == [
         "task_created",
         "task_claimed",

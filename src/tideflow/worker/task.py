@@ -146,7 +146,28 @@ class Task:
         message: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> int:
-        """Record progress (snapshot fields and a ``task_progress`` event); returns the event id."""
+        """Record progress (snapshot fields and a ``task_progress`` event); returns the event id.
+
+        Raises ``ValueError`` (writing nothing) for invalid input, blank text, or a call with
+        nothing to report.
+        """
+        change = self._progress_change(text, stage_name, progress_percent, message, metadata)
+        return self._written(self._write(change))
+
+    def audit(
+        self, code: str, message: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> int:
+        """Write a ``task_checkpoint`` event; returns the event id."""
+        return self._written(self._write(self._audit_change(code, message, metadata)))
+
+    def _progress_change(
+        self,
+        text: str | None,
+        stage_name: str | None,
+        progress_percent: float | None,
+        message: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Change:
         if stage_name is not None and (not isinstance(stage_name, str) or not stage_name.strip()):
             raise ValueError("stage_name must be a non-empty string")
         if progress_percent is not None and (
@@ -158,9 +179,19 @@ class Task:
             raise ValueError(
                 f"progress_percent must be between 0 and 100, got {progress_percent!r}"
             )
-        if text is not None and not isinstance(text, str):
-            raise ValueError("progress text must be a string")
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise ValueError(
+                f"progress text must be a non-blank string, got {text!r};"
+                " leave it out to report only a stage_name or progress_percent"
+            )
+        if message is not None and (not isinstance(message, str) or not message.strip()):
+            raise ValueError(f"progress message must be a non-blank string, got {message!r}")
         meta = _metadata(metadata)
+        if (text, stage_name, progress_percent, message) == (None, None, None, None) and not meta:
+            raise ValueError(
+                "progress() needs something to report: text, stage_name, progress_percent,"
+                " message or metadata"
+            )
         event_meta: dict[str, Any] = {}
         values: dict[str, Any] = {}
         if stage_name is not None:
@@ -170,25 +201,25 @@ class Task:
         if progress_percent is not None:
             event_meta["progress_percent"] = values["progress_percent"] = float(progress_percent)
         event_meta.update(meta)
-        return self._emit("task_progress", message or text, event_meta, values)
+        return self._change("task_progress", message or text, event_meta, values)
 
-    def audit(
-        self, code: str, message: str | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> int:
-        """Write a ``task_checkpoint`` event; returns the event id."""
+    def _audit_change(
+        self, code: str, message: str | None, metadata: Mapping[str, Any] | None
+    ) -> Change:
         if not isinstance(code, str) or not code.strip():
             raise ValueError("audit() needs a non-empty code")
-        return self._emit("task_checkpoint", message, {"code": code, **_metadata(metadata)}, {})
+        return self._change("task_checkpoint", message, {"code": code, **_metadata(metadata)}, {})
 
-    def _emit(
+    def _change(
         self, event_type: str, message: str | None, meta: dict[str, Any], values: dict[str, Any]
-    ) -> int:
+    ) -> Change:
         if self._state.lost:
             self.check_timeout()
-        change = lifecycle.annotate(
+        return lifecycle.annotate(
             self._row, time.time(), event_type, message=message, metadata=meta, values=values
         )
-        event_id = self._write(change)
+
+    def _written(self, event_id: int | None) -> int:
         if event_id is None:
             self._state.lost = True
             self.check_timeout()
