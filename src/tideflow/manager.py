@@ -94,6 +94,15 @@ def _check_id(task_id: Any) -> int:
     return task_id
 
 
+def _filter_text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidOptionError(
+            f"{what} must be a non-empty string, got {value!r}; to list every task use"
+            " get_tasks() or query_tasks() without it"
+        )
+    return value
+
+
 def _keywords(
     given: Mapping[str, Any] | None,
     what: str,
@@ -547,12 +556,14 @@ class TaskManager:
     ) -> list[TaskInfo]:
         """Tasks matching every given filter, oldest first."""
         status = parse_status(status) if status is not None else None
+        tag = _filter_text(tag, "tag") if tag is not None else None
+        name = _filter_text(name, "name") if name is not None else None
         rows, _ = self._rows(TaskFilter(tag=tag, status=status, name=name))
         return [task_info(r) for r in rows]
 
     def get_tasks_by_name(self, name: str) -> list[TaskInfo]:
         """Tasks of one type."""
-        return self.get_tasks(name=name)
+        return self.get_tasks(name=_filter_text(name, "get_tasks_by_name() name"))
 
     def get_tasks_by_status(self, status: str, suspend_reason: str | None = None) -> list[TaskInfo]:
         """Tasks in one status (suspended ones optionally by reason)."""
@@ -561,7 +572,7 @@ class TaskManager:
 
     def get_tasks_by_tag(self, tag: str) -> list[TaskInfo]:
         """Tasks with one tag."""
-        return self.get_tasks(tag=tag)
+        return self.get_tasks(tag=_filter_text(tag, "get_tasks_by_tag() tag"))
 
     def get_child_tasks(self, parent_id: int) -> list[TaskInfo]:
         """The direct children of a task, in creation order."""

@@ -89,10 +89,18 @@ def make_registration(name: Any, spec: Any, options: Mapping[str, Any]) -> Regis
         raise HandlerRegistrationError(
             f"handler {name!r} must be callable (a function or async function), got {spec!r}"
         )
+    # an unknown option NAME is a registration mistake; a bad VALUE is the same
+    # InvalidOptionError that submit raises for it (SPEC §4, §13)
+    unknown = sorted(str(k) for k in set(options) - REGISTRATION_OPTIONS)
+    if unknown:
+        raise HandlerRegistrationError(
+            f"unknown option(s) for handler {name!r}: {', '.join(unknown)};"
+            f" allowed: {', '.join(sorted(REGISTRATION_OPTIONS))}"
+        )
     try:
         checked = validate_options(options, REGISTRATION_OPTIONS, f"handler {name!r}")
     except InvalidOptionError as exc:
-        raise HandlerRegistrationError(str(exc)) from None
+        raise type(exc)(f"handler {name!r}: {exc}") from None
     if checked.get("isolation") == "process":
         raise HandlerRegistrationError(
             f"handler {name!r}: isolation='process' is not available yet; use 'thread'"
