@@ -406,7 +406,7 @@ def test_retry_a_permanently_failed_task(make_manager: Any) -> None:
         "task_permanently_failed",
         "task_resumed",
         "task_claimed",
-        "task_started",
+        "task_retry_started",  # SPEC §5: the previous round failed
         "task_completed",
     ]
 
@@ -439,3 +439,7 @@ def test_retry_keeps_the_workflow_stage(make_manager: Any) -> None:
     assert stage0 == [1]
     assert len(tm.get_child_tasks(parent_id)) == 1
     assert outcomes(tm, parent_id) == ["suspended", "failed", "completed"]
+    # each claim says whether the round before it failed: the first round, the one after the
+    # children finished (the round before was suspended), then the one after retry_task
+    starts = [t for t in event_types(tm, parent_id) if t in ("task_started", "task_retry_started")]
+    assert starts == ["task_started", "task_started", "task_retry_started"]

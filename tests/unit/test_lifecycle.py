@@ -202,6 +202,56 @@ class TestClaim:
         assert "error" not in change.values
         assert "stage" not in change.values
 
+    def test_claim_after_retry_task_of_a_failed_task_is_a_retry_start(self) -> None:
+        # SPEC §5: the previous round failed, so the claim writes task_retry_started
+        failed = make_row(
+            status="permanently_failed",
+            attempt=3,
+            retry_count=2,
+            error="ValueError: x",
+            last_event_type="task_permanently_failed",
+        )
+        retried = apply(failed, lifecycle.retry_task(failed, NOW))
+        assert retried.status == "pending"
+        assert lifecycle.after_failure(retried)
+        change = lifecycle.claim("w1", NOW + 1)(retried)
+        assert event_types(change) == ["task_claimed", "task_retry_started"]
+        assert change.values["last_event_type"] == "task_retry_started"
+        assert event(change, "task_retry_started").metadata == {"retry_count": 0}
+        assert change.values["attempt"] == 4
+
+    def test_claim_after_resume_of_a_cron_paused_by_failures_is_a_retry_start(self) -> None:
+        paused = make_row(
+            status="paused",
+            type="cron",
+            attempt=2,
+            retry_count=1,
+            error="ValueError: x",
+            last_event_type="task_paused",
+        )
+        resumed = apply(paused, lifecycle.resume(paused, None, NOW))
+        change = lifecycle.claim("w1", NOW + 1)(resumed)
+        assert event_types(change) == ["task_claimed", "task_retry_started"]
+
+    @pytest.mark.parametrize(
+        "row",
+        [
+            make_row(),  # a new task
+            make_row(attempt=2, retry_count=0, error=None, last_event_type="task_resumed"),
+            # recovered: the last round was interrupted, not failed
+            make_row(attempt=2, retry_count=0, error="E: x", last_event_type="task_recovered"),
+            # a retry that was counted and then recovered
+            make_row(attempt=2, retry_count=1, error="E: x", last_event_type="task_resumed"),
+            # cancelled before it ever ran, then retried
+            make_row(attempt=0, retry_count=0, error="cancelled", last_event_type="task_resumed"),
+        ],
+    )
+    def test_claim_of_a_pending_task_whose_last_round_did_not_fail_starts(
+        self, row: TaskRow
+    ) -> None:
+        assert not lifecycle.after_failure(row)
+        assert event_types(lifecycle.claim("w1", NOW)(row)) == ["task_claimed", "task_started"]
+
     @pytest.mark.parametrize(
         "status", ["running", "completed", "permanently_failed", "paused", "suspended"]
     )

@@ -48,8 +48,8 @@ ALL_STATUSES = (
 ALL_SOURCES = ("(new)", *ALL_STATUSES)
 
 ALL_FACTS = tuple(
-    Facts(is_cron=cron, attempts_left=left, awaiting_children=awaiting)
-    for cron, left, awaiting in itertools.product((False, True), repeat=3)
+    Facts(is_cron=cron, attempts_left=left, awaiting_children=awaiting, after_failure=failed)
+    for cron, left, awaiting, failed in itertools.product((False, True), repeat=4)
 )
 
 
@@ -85,6 +85,14 @@ def explicit_suspension(f: Facts) -> bool:
     return not f.awaiting_children
 
 
+def fresh_round(f: Facts) -> bool:
+    return not f.after_failure
+
+
+def after_failure(f: Facts) -> bool:
+    return f.after_failure
+
+
 class Expected(NamedTuple):
     trigger: str
     sources: tuple[str, ...]
@@ -99,7 +107,12 @@ EXPECTED: tuple[Expected, ...] = (
     # (new) -> pending: created
     Expected("create", ("(new)",), always, PENDING, ("task_created",), None),
     # pending / failed / timeout -> running: claimed
-    Expected("claim", (PENDING,), always, RUNNING, ("task_claimed", "task_started"), "open"),
+    # "task_retry_started when the previous round failed or timed out, otherwise task_started":
+    # a pending task's previous round failed after retry_task / resume_task of a paused task
+    Expected("claim", (PENDING,), fresh_round, RUNNING, ("task_claimed", "task_started"), "open"),
+    Expected(
+        "claim", (PENDING,), after_failure, RUNNING, ("task_claimed", "task_retry_started"), "open"
+    ),
     Expected(
         "claim", (FAILED, TIMEOUT), always, RUNNING, ("task_claimed", "task_retry_started"), "open"
     ),
@@ -409,6 +422,8 @@ class TestGuards:
 
     def test_claim_from_pending_starts_and_from_a_failed_round_retries(self) -> None:
         assert transition(Trigger.CLAIM, PENDING).events[-1] == "task_started"
+        retried = Facts(after_failure=True)
+        assert transition(Trigger.CLAIM, PENDING, retried).events[-1] == "task_retry_started"
         assert transition(Trigger.CLAIM, FAILED).events[-1] == "task_retry_started"
         assert transition(Trigger.CLAIM, TIMEOUT).events[-1] == "task_retry_started"
 

@@ -28,6 +28,7 @@ from tideflow.models import TERMINAL_STATUSES, Status
 
 __all__ = [
     "AWAITING_SUBTASKS",
+    "after_failure",
     "annotate",
     "cancel",
     "claim",
@@ -213,11 +214,38 @@ def new_task(
     return NewTask(values=values, events=(event,))
 
 
+_FRESH = Facts(after_failure=False)
+_AFTER_FAILURE = Facts(after_failure=True)
+_RESUMED = "task_resumed"
+PENDING = Status.PENDING.value
+
+
+def after_failure(row: TaskRow) -> bool:
+    """Whether a ``pending`` row's previous round failed or timed out (the claim's fact).
+
+    Only ``retry_task`` and ``resume_task`` of a paused task put a task whose last round
+    failed back to ``pending``; both reset ``retry_count`` to 0 and write ``task_resumed``, and
+    the failure's ``error`` stays until the task completes. So: a task that has run, whose last
+    event is a resume, with no retries counted and an error kept. (A ``failed``/``timeout`` row
+    says it by its status.) Read from the row alone: the claim plan runs for every claimed task.
+    It can err one way: after such a reset, a round that ended suspended (or paused while
+    running) and was resumed by hand, with the old error still kept, counts as a retry. The
+    exact answer needs the last attempt's outcome on the task row (a schema change).
+    """
+    return (
+        row.last_event_type == _RESUMED
+        and row.error is not None
+        and row.retry_count == 0
+        and row.attempt > 0
+    )
+
+
 def claim(worker_id: str, now: float) -> Callable[[TaskRow], Change]:
     """The plan for each row a worker claims."""
 
     def plan(row: TaskRow) -> Change:
-        t = transition(Trigger.CLAIM, row.status)
+        facts = _AFTER_FAILURE if row.status != PENDING or after_failure(row) else _FRESH
+        t = transition(Trigger.CLAIM, row.status, facts)
         attempt = row.attempt + 1
         return Change(
             task_id=row.id,

@@ -53,6 +53,10 @@ class Facts(NamedTuple):
     is_cron: bool = False
     attempts_left: bool = False
     awaiting_children: bool = False
+    #: a claim's: the task's previous round failed or timed out (SPEC §5). A ``failed`` or
+    #: ``timeout`` row says so by its status; a ``pending`` one after ``retry_task`` (or a
+    #: ``resume_task`` of a paused task) by ``lifecycle.after_failure``
+    after_failure: bool = False
 
 
 NO_FACTS = Facts()
@@ -68,6 +72,8 @@ GUARDS: dict[str, Guard] = {
     "last_attempt_cron": lambda f: not f.attempts_left and f.is_cron,
     "awaiting_children": lambda f: f.awaiting_children,
     "explicit_suspension": lambda f: not f.awaiting_children,
+    "fresh_round": lambda f: not f.after_failure,
+    "after_failure": lambda f: f.after_failure,
 }
 
 
@@ -81,6 +87,8 @@ GUARD_TEXT: dict[str, str] = {
     "awaiting_children": "it waits for its children",
     "explicit_suspension": "it was suspended explicitly (a parent waiting for its children"
     " resumes by itself when they finish)",
+    "fresh_round": "its previous round did not fail or time out",
+    "after_failure": "its previous round failed or timed out",
 }
 
 
@@ -123,7 +131,9 @@ def _row(
 # fmt: off
 TRANSITIONS: tuple[Transition, ...] = (
     _row(Trigger.CREATE, (NEW,), "always", P, ("task_created",)),
-    _row(Trigger.CLAIM, (P,), "always", R, ("task_claimed", "task_started"), "open"),
+    _row(Trigger.CLAIM, (P,), "fresh_round", R, ("task_claimed", "task_started"), "open"),
+    _row(Trigger.CLAIM, (P,), "after_failure", R, ("task_claimed", "task_retry_started"),
+         "open"),
     _row(Trigger.CLAIM, (F, T), "always", R, ("task_claimed", "task_retry_started"), "open"),
     _row(Trigger.SUCCEED, (R,), "one_off", C, ("task_completed",), "completed"),
     _row(Trigger.SUCCEED, (R,), "cron", P, ("task_completed",), "completed"),
