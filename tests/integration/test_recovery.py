@@ -116,7 +116,8 @@ def test_without_recovery_a_dead_workers_task_times_out_when_stalled(make_manage
         ("ghost", "timeout"),
         (tm.worker_id, "completed"),
     ]
-    assert status_of(tm, "ghost") == "active"  # nobody judged it: recovery is off
+    # judged dead all the same: only the recovery of its tasks is off
+    assert status_of(tm, "ghost") == "dead"
 
 
 def test_one_worker_at_a_time_runs_the_sweeps(shared_db_url: str) -> None:
@@ -158,3 +159,133 @@ def test_one_worker_at_a_time_runs_the_sweeps(shared_db_url: str) -> None:
         for tm in (second, first, client):
             tm.stop(timeout=5)
             tm.close()
+
+
+def test_a_superseded_worker_whose_successor_dies_works_again(make_manager: Any) -> None:
+    """Issue 10 path 1: the successor of its pod is killed and no other worker is left to
+    judge it: the superseded worker marks it dead itself and registers again."""
+    tm = make_manager(pod_id="node-5", worker_heartbeat_timeout=0.5, **FAST)
+    tm.use("job", lambda task: "ran")
+    tm.start()
+    wait_for(lambda: status_of(tm, tm.worker_id) == "active")
+    ghost(tm, "node-5-new", last_seen=time.time(), pod_id="node-5")  # then killed: no heartbeat
+    assert status_of(tm, tm.worker_id) == "superseded"
+    wait_for(lambda: status_of(tm, "node-5-new") == "dead", message="the successor was not judged")
+    wait_for(lambda: status_of(tm, tm.worker_id) == "active", message="it never registered again")
+    task_id = tm.submit("job")
+    info = wait_for_status(tm, task_id, "completed")
+    assert info.worker_id == tm.worker_id
+
+
+def test_a_pod_replacement_recovers_its_predecessor_while_it_holds_the_lease(
+    make_manager: Any,
+) -> None:
+    """Issue 10 path 2: the killed predecessor held the maintenance lease a moment ago; its
+    replacement recovers its tasks at once instead of waiting for the lease to expire."""
+    tm = make_manager(pod_id="node-9", **FAST)  # default 30 s heartbeat timeout
+    tm.use("job", lambda task: "again")
+    task_id = tm.submit("job")
+    ghost(tm, "node-9-old", last_seen=time.time(), pod_id="node-9")
+    assert tm._store.acquire_lease("maintenance", "node-9-old", 30.0)
+    claim_as(tm, "node-9-old", task_id)
+    tm.start()
+    info = wait_for_status(tm, task_id, "completed", timeout=10)
+    assert info.result == "again"
+    (recovered,) = tm.query_task_events(task_id, event_type="task_recovered").items
+    assert recovered.metadata["recovered_by_worker_id"] == tm.worker_id
+    # the lease died with its holder: the replacement runs the sweeps now
+    wait_for(lambda: tm._store.lease_holder("maintenance") == tm.worker_id)
+
+
+def test_the_lease_of_a_dead_holder_is_free_at_once(make_manager: Any) -> None:
+    """Issue 10 path 2 without pod_id: a holder that renewed the lease just now but whose
+    worker is dead (silent past the timeout) no longer blocks recovery or retention."""
+    tm = make_manager(
+        worker_heartbeat_timeout=5.0,
+        retention_interval=0.2,
+        retention={"expire_time": 0.0, "statuses": ["permanently_failed"]},
+        **FAST,
+    )
+
+    def job(task: Any) -> str:
+        if task.payload == "fail":
+            raise ValueError("expected")
+        return "again"
+
+    tm.use("job", job)
+    old = tm.submit("job")
+    tm.pause()
+    tm.start()
+    failing = tm.submit("job", "fail", max_retries=1)
+    ghost(tm, "killed-holder", last_seen=time.time() - 60)
+    assert tm._store.acquire_lease("maintenance", "killed-holder", 30.0)  # renewed just now
+    claim_as(tm, "killed-holder", old)
+    tm.resume()
+    wait_for_status(tm, old, "completed", timeout=4)  # well within the 5 s timeout
+    # and the automatic retention sweep runs (failed tasks expire at once here)
+    wait_for(lambda: tm.get_task(failing) is None, timeout=4, message="retention never ran")
+
+
+def test_failing_steps_do_not_stop_the_workers_own_heartbeat(
+    make_manager: Any, monkeypatch: Any
+) -> None:
+    """Issue 10 path 3: the task heartbeat and the release of an orphaned claim fail every
+    round, yet the worker keeps heartbeating itself (and so is never judged dead)."""
+    import threading
+
+    tm = make_manager(**FAST)
+    tm.use("job", lambda task: None)
+    tm.pause()
+    tm.start()
+    task_id = tm.submit("job")
+    store = tm._store
+
+    def broken_for_the_worker(real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            if threading.current_thread().name.startswith("tideflow-"):
+                raise RuntimeError("the database refused this call")
+            return real(*args)
+
+        return call
+
+    monkeypatch.setattr(store, "get_task", broken_for_the_worker(store.get_task))
+    claim_as(tm, tm.worker_id, task_id)  # an orphan: owned by the worker, never run
+    heartbeats_pass(tm, rounds=2)  # the orphan has been seen
+    monkeypatch.setattr(store, "heartbeat_tasks", broken_for_the_worker(store.heartbeat_tasks))
+    heartbeats_pass(tm, rounds=4)
+    assert status_of(tm, tm.worker_id) == "active"
+    assert tm.get_task(task_id).status == "running"
+
+
+def test_pause_returns_only_once_no_claim_is_on_its_way(
+    make_manager: Any, monkeypatch: Any
+) -> None:
+    """A claim already on its way when pause() is called lands before pause() returns, so a
+    task submitted after pause() returned is never claimed."""
+    import threading
+
+    tm = make_manager(**FAST)
+    tm.use("job", lambda task: None)
+    store = tm._store
+    real_exchange = store.exchange
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_exchange(changes: Any, request: Any) -> Any:
+        if request is not None and not release.is_set():
+            entered.set()
+            release.wait(10)
+        return real_exchange(changes, request)
+
+    monkeypatch.setattr(store, "exchange", slow_exchange)
+    tm.start()
+    assert entered.wait(10)
+    pauser = threading.Thread(target=tm.pause)
+    pauser.start()
+    pauser.join(0.3)
+    assert pauser.is_alive(), "pause() returned while a claim was still on its way"
+    release.set()
+    pauser.join(10)
+    assert not pauser.is_alive()
+    task_id = tm.submit("job")
+    heartbeats_pass(tm)
+    assert tm.get_task(task_id).status == "pending"

@@ -73,8 +73,9 @@ def wait_for_status(tm: Any, task_id: int, *statuses: str, timeout: float = 15.0
 
 
 def heartbeats_pass(tm: Any, rounds: int = 3) -> None:
-    """Wait until ``tm``'s worker has heartbeated ``rounds`` more times: each round of its loop
-    also runs the recovery, stall and retention sweeps, so what they would do has been done."""
+    """Wait until ``tm``'s worker has heartbeated ``rounds`` more times: its maintenance rounds
+    (recovery, stall and retention sweeps) run at the same interval, so what they would do has
+    been done."""
     for _ in range(rounds):
         seen = tm.get_worker(tm.worker_id).last_seen_at
         wait_for(

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import heapq
 import itertools
 import json
@@ -30,9 +31,9 @@ from tideflow.core.options import ManagerSettings
 from tideflow.core.registry import Registration, Registry
 from tideflow.core.types import Change, ClaimRequest, TaskRow, WorkerRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
-from tideflow.store import retention
 from tideflow.store.protocol import Store
 from tideflow.worker.completer import Completer, Item
+from tideflow.worker.maintenance import MAINTENANCE_LEASE, Maintenance
 from tideflow.worker.task import AttemptState, Next, Suspend, Task
 
 __all__ = ["Worker"]
@@ -41,8 +42,9 @@ log = logging.getLogger("tideflow.worker")
 
 R = TypeVar("R")
 
-#: the lease whose holder runs the sweeps for every worker (recovery, stalls, retention)
-MAINTENANCE_LEASE = "maintenance"
+#: a worker whose last successful heartbeat started longer ago than this fraction of
+#: ``worker_heartbeat_timeout`` stops its attempts: others may judge it dead at the full timeout
+SELF_FENCE_FRACTION = 0.5
 
 
 _INTERNAL = (
@@ -105,7 +107,7 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._stop_requested: asyncio.Event | None = None
         self._closing = False
-        self._exchanges: set[asyncio.Task[bool]] = set()
+        self._exchanges: dict[asyncio.Task[bool], bool] = {}  # exchange -> whether it claims
         self._deadlines: list[tuple[float, int, Attempt]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._seq = itertools.count()
@@ -122,10 +124,20 @@ class Worker:
         self._occupied = 0
         self._by_name: dict[str, int] = {}
         self._db_pool = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="tideflow-db")
-        self._maintenance = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="tideflow-retention"
+        self._sweeper = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="tideflow-maintenance"
         )
-        self._retention_job: asyncio.Task[None] | None = None
+        self._maint = Maintenance(
+            store,
+            self.worker_id,
+            settings,
+            clock=self._now,
+            rng=self._rng,
+            on_recovered=self.notify,
+        )
+        self._offset = 0.0  # the database's clock minus this host's, as last measured
+        self._contact = time.monotonic()  # when the last successful worker heartbeat started
+        self._out_of_contact = False  # self-fenced: no heartbeat for too long
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1024, thread_name_prefix="tideflow-handler"
         )
@@ -135,7 +147,6 @@ class Worker:
         # (task id, attempt) whose row this worker still owns on purpose: running, or with an
         # outcome queued but not yet written; anything else it owns is an orphan
         self._inflight: set[tuple[int, int]] = set()
-        self._suspects: set[tuple[int, int]] = set()
 
     # --- control from other threads ------------------------------------------------------------
     @property
@@ -170,11 +181,25 @@ class Worker:
         thread.join()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._db_pool.shutdown(wait=True)
-        self._maintenance.shutdown(wait=True)  # a retention sweep stops after its batch
+        self._sweeper.shutdown(wait=True)
+        self._maint.close()  # a retention sweep stops after its batch
 
     def pause(self) -> None:
-        """Stop claiming (running attempts go on)."""
+        """Stop claiming (running attempts go on); returns once no claim of this worker is
+        still on its way (what such a claim took is started)."""
         self._paused = True
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or threading.current_thread() is thread:
+            return
+        with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
+            asyncio.run_coroutine_threadsafe(self._claims_landed(), loop).result(
+                self._settings().worker_heartbeat_timeout
+            )
+
+    async def _claims_landed(self) -> None:
+        trips = [t for t, claims in self._exchanges.items() if claims]
+        if trips:
+            await asyncio.wait(trips)
 
     def resume(self) -> None:
         """Claim again after :meth:`pause`."""
@@ -227,14 +252,20 @@ class Worker:
         self._beat = asyncio.Event()
         self._completer = Completer(self._poke)
         try:
-            await self._db(self._store.register_worker, self._worker_row(time.time()))
+            self._offset = await self._db(self._store.sync_clock)
+            await self._register(self._settings())
+            self._contact = time.monotonic()
         except BaseException as exc:
             self._start_error = exc
             self._started.set()
             return
         self._started.set()
         unsubscribe = self._store.subscribe(self.notify)
-        background = [asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat")]
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat"),
+            asyncio.create_task(self._maintenance_loop(), name="tideflow-maintenance"),
+            asyncio.create_task(self._contact_watch(), name="tideflow-contact"),
+        ]
         syncer = asyncio.create_task(self._sync_loop(), name="tideflow-sync")
         await self._stop_requested.wait()
         await self._shutdown()
@@ -243,8 +274,6 @@ class Worker:
         await syncer
         if unsubscribe is not None:
             unsubscribe()
-        if self._retention_job is not None:
-            background.append(self._retention_job)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -307,10 +336,10 @@ class Worker:
             while len(self._exchanges) < self._parallel:
                 request = None
                 if (
-                    not (self._paused or self._stopping or self._fenced)
+                    not (self._paused or self._stopping or self._fenced or self._out_of_contact)
                     and time.monotonic() >= idle_until
                 ):
-                    request = self._claim_request(time.time())
+                    request = self._claim_request(self._now())
                 if request is None and not self._completer.pending():
                     break
                 if request is not None:
@@ -318,7 +347,7 @@ class Worker:
                 trip = asyncio.create_task(
                     self._trip(self._completer.take(), request), name="tideflow-exchange"
                 )
-                self._exchanges.add(trip)
+                self._exchanges[trip] = request is not None
             waiter = asyncio.ensure_future(self._wake.wait())
             try:
                 done, _ = await asyncio.wait(
@@ -328,8 +357,8 @@ class Worker:
                 )
             finally:
                 waiter.cancel()
-            for trip in done & self._exchanges:
-                self._exchanges.discard(trip)
+            for trip in done & self._exchanges.keys():
+                del self._exchanges[trip]
                 if trip.cancelled() or trip.exception() is not None:
                     log.error("an exchange failed", exc_info=trip.exception())
                     idle_until = time.monotonic() + poll
@@ -338,7 +367,7 @@ class Worker:
             if waiter in done or not done:
                 idle_until = 0.0  # poked (a submit, a freed slot) or the poll came round
         if self._exchanges:
-            await asyncio.wait(self._exchanges)
+            await asyncio.wait(list(self._exchanges))
 
     def _reserve(self, request: ClaimRequest, sign: int) -> None:
         self._reserved += sign * request.limit
@@ -354,6 +383,12 @@ class Worker:
             if request is not None:
                 self._reserve(request, -1)
         if rows is None:
+            return True
+        if rows and (self._fenced or self._out_of_contact):
+            # claimed just before this worker was fenced off: give them back at once
+            now = self._now()
+            for row in rows:
+                self._completer.put(lifecycle.recover(row, now, self.worker_id, "worker fenced"))
             return True
         for row in rows:
             self._launch(row)
@@ -381,7 +416,7 @@ class Worker:
         reg = self._registry.get(row.name)
         state = AttemptState(time.monotonic() + row.timeout)
         if reg is None:  # unregistered between the claim and now: give it back
-            change = lifecycle.recover(row, time.time(), self.worker_id, "handler unregistered")
+            change = lifecycle.recover(row, self._now(), self.worker_id, "handler unregistered")
             self._completer.put(change)
             return
         task = Task(
@@ -535,7 +570,7 @@ class Worker:
         self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool
     ) -> Change | None:
         row, settings = a.row, self._settings()
-        now = time.time()
+        now = self._now()
         if timed_out:
             a.state.timed_out = True
             message = (
@@ -570,11 +605,16 @@ class Worker:
         except Exception as exc:
             return lifecycle.fail(row, format_error(exc), now, self._rng)
 
-    # --- heartbeats and sweeps -----------------------------------------------------------------
+    # --- heartbeats, contact and maintenance ---------------------------------------------------
+    def _now(self) -> float:
+        """Now on the database's clock: this host's clock corrected by the offset measured at
+        the last worker heartbeat (never a database call, so the loop never blocks on it)."""
+        return time.time() + self._offset
+
     async def _heartbeat_loop(self) -> None:
-        last_worker = 0.0
-        # the automatic retention sweep never runs at start-up
-        next_retention = time.monotonic() + self._settings().retention_interval
+        """The task heartbeats, then the worker's own, then orphaned claims: each every round,
+        each failing alone. No sweep runs here, so none can delay a heartbeat."""
+        last_worker = -float("inf")
         while True:
             settings = self._settings()
             interval = min(settings.task_heartbeat_interval, settings.worker_heartbeat_interval)
@@ -582,203 +622,186 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat.wait(), interval)
             self._beat.clear()
-            now = time.time()
+            owned: dict[int, int] | None = None
             try:
                 # only attempts claimed before the heartbeat's read can be judged by it
                 checked = dict(self._active)
-                owned = await self._db(self._store.heartbeat_tasks, self.worker_id, now)
+                owned = await self._db(self._store.heartbeat_tasks, self.worker_id)
                 self._fence_lost(checked, owned)
-                await self._recover_orphans(owned, now)
-                if now - last_worker >= settings.worker_heartbeat_interval:
-                    last_worker = now
-                    await self._worker_heartbeat(now, settings)
-                if not await self._lead(now, settings):
-                    continue  # another worker runs the sweeps for everyone this round
-                # before the stall sweep: a dead worker's tasks are recovered, not timed out
-                if settings.recover_running_jobs:
-                    await self._reclaim(now, settings)
-                await self._sweep_stalled(now, settings)
-                job = self._retention_job
-                if time.monotonic() >= next_retention and (job is None or job.done()):
-                    next_retention = time.monotonic() + settings.retention_interval
-                    self._retention_job = asyncio.create_task(
-                        self._retention(now, settings), name="tideflow-retention"
-                    )
             except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("task heartbeat of worker %s failed: %s", self.worker_id, exc)
+            if time.monotonic() - last_worker >= settings.worker_heartbeat_interval:
+                last_worker = time.monotonic()
+                try:
+                    await self._worker_heartbeat(settings)
+                except Exception as exc:
+                    log.warning("heartbeat of worker %s failed: %s", self.worker_id, exc)
+            if owned is not None and not self._out_of_contact:
+                running = set(self._inflight)
+                try:
+                    await self._db(self._maint.release_orphans, owned, running, self._now())
+                except Exception as exc:
+                    log.warning("releasing orphaned claims failed: %s", exc)
+
+    async def _maintenance_loop(self) -> None:
+        """One maintenance round every heartbeat interval, on a thread of its own."""
+        loop = asyncio.get_running_loop()
+        while True:
+            settings = self._settings()
+            await asyncio.sleep(
+                min(settings.task_heartbeat_interval, settings.worker_heartbeat_interval)
+            )
+            fenced = self._fenced or self._out_of_contact
+            try:
+                await loop.run_in_executor(
+                    self._sweeper,
+                    functools.partial(self._maint.run_once, self._now(), fenced=fenced),
+                )
+            except Exception as exc:  # run_once isolates its steps; this is a bug
+                log.exception("maintenance round failed: %s", exc)
+
+    async def _contact_watch(self) -> None:
+        """Self-fencing: a worker whose last successful heartbeat started more than
+        ``SELF_FENCE_FRACTION`` of ``worker_heartbeat_timeout`` ago (a cut network, a database
+        that does not answer) stops its attempts and claims nothing, before any other worker
+        may judge it dead and run its tasks again."""
+        while True:
+            limit = self._settings().worker_heartbeat_timeout * SELF_FENCE_FRACTION
+            left = self._contact + limit - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            if not self._out_of_contact:
+                self._lose_contact(time.monotonic() - self._contact)
+            await asyncio.sleep(limit / 10)
+
+    def _lose_contact(self, silent: float) -> None:
+        log.error(
+            "worker %s has not completed a heartbeat for %.1f s: it stops its %d running"
+            " attempt(s) and claims nothing until it reaches the database again",
+            self.worker_id,
+            silent,
+            len(self._active),
+        )
+        self._out_of_contact = True
+        for a in list(self._active.values()):
+            self._abandon(a)
+
+    def _abandon(self, a: Attempt) -> None:
+        """Stop an attempt this worker may no longer own: an async handler is cancelled, a
+        sync one is told through ``check_timeout()``; its outcome is never written."""
+        self._inflight.discard(row_key(a.row))
+        a.abandoned = True
+        a.state.lost = True
+        if a.runner is not None:
+            a.runner.cancel()
 
     def _fence_lost(self, checked: Mapping[int, Attempt], owned: Mapping[int, int]) -> None:
         for task_id, a in checked.items():
             if self._active.get(task_id) is a and owned.get(task_id) != a.row.attempt:
                 log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
-                a.abandoned = True
-                a.state.lost = True
-                if a.runner is not None:
-                    a.runner.cancel()
+                self._abandon(a)
 
-    async def _recover_orphans(self, owned: Mapping[int, int], now: float) -> None:
-        """Give back rows this worker owns but does not run (e.g. a claim whose commit
-        succeeded while its acknowledgement was lost). A row must look orphaned on two
-        heartbeats in a row, so a claim still on its way to being launched is never taken."""
-        orphans = {(i, a) for i, a in owned.items() if (i, a) not in self._inflight}
-        confirmed, self._suspects = orphans & self._suspects, orphans - self._suspects
-        changes = []
-        for task_id, attempt in sorted(confirmed):
-            row = await self._db(self._store.get_task, task_id)
-            if row is not None and row.status == "running" and row.attempt == attempt:
-                log.warning(
-                    "task %s attempt %s was claimed but never run; releasing it", *row_key(row)
+    async def _worker_heartbeat(self, settings: ManagerSettings) -> None:
+        started = time.monotonic()
+        if self._registered_version != self._registry.version or self._out_of_contact:
+            if self._out_of_contact:
+                # contact is back: judge by the stored status before registering again
+                status = await self._db(
+                    self._store.heartbeat_worker, self.worker_id, settings.worker_heartbeat_timeout
                 )
-                changes.append(lifecycle.recover(row, now, self.worker_id, "orphaned claim"))
-        if changes:
-            await self._db(self._store.apply, changes)
+                if status in ("superseded", "dead"):
+                    self._contact = started
+                    self._regain_contact()
+                    await self._fenced_off(status, settings)
+                    return
+            await self._register(settings)
+        else:
+            status = await self._db(
+                self._store.heartbeat_worker, self.worker_id, settings.worker_heartbeat_timeout
+            )
+            if status is None:
+                await self._register(settings)
+            elif status in ("superseded", "dead"):
+                self._contact = started
+                await self._fenced_off(status, settings)
+                return
+        self._contact = started
+        if self._out_of_contact:
+            self._regain_contact()
+        self._offset = await self._db(self._store.sync_clock)
 
-    async def _worker_heartbeat(self, now: float, settings: ManagerSettings) -> None:
-        if self._registered_version != self._registry.version:
-            row = self._worker_row(now)
-            await self._db(self._store.register_worker, row)
-            return
-        status = await self._db(
-            self._store.heartbeat_worker,
-            self.worker_id,
-            now,
-            now + settings.worker_heartbeat_timeout,
-        )
-        if status is None:
-            await self._db(self._store.register_worker, self._worker_row(now))
-        elif status in ("superseded", "dead"):
-            await self._fenced_off(status, now, settings)
+    def _regain_contact(self) -> None:
+        log.warning("worker %s reached the database again and carries on", self.worker_id)
+        self._out_of_contact = False
+        self._poke()
 
-    async def _lead(self, now: float, settings: ManagerSettings) -> bool:
-        """Whether this worker runs this round's sweeps for everyone: it holds (or takes, or
-        renews) the maintenance lease. A holder not heard of for this worker's
-        ``worker_heartbeat_timeout`` loses it to the next worker that asks."""
-        if self._fenced:
-            return False
-        held: bool = await self._db(
-            self._store.acquire_lease,
-            MAINTENANCE_LEASE,
-            self.worker_id,
-            now,
-            now - settings.worker_heartbeat_timeout,
-        )
-        return held
+    async def _register(self, settings: ManagerSettings) -> None:
+        """Register (again); recover the running tasks of the pod's workers it superseded."""
+        superseded = await self._db(self._store.register_worker, self._worker_row(self._now()))
+        if superseded:
+            log.warning(
+                "worker %s superseded %s of pod %s and recovers their running tasks",
+                self.worker_id,
+                ", ".join(superseded),
+                settings.pod_id,
+            )
+            await asyncio.get_running_loop().run_in_executor(
+                self._sweeper, self._maint.recover_workers, superseded, self._now()
+            )
 
-    async def _fenced_off(self, status: str, now: float, settings: ManagerSettings) -> None:
+    async def _fenced_off(self, status: str, settings: ManagerSettings) -> None:
         """Another worker marked this one superseded (a newer worker of its pod registered) or
         dead (its heartbeat was late): claim nothing (its running tasks are recovered by others
-        and its late writes fenced) until no active worker of its pod is left, then register
-        again."""
+        and its late writes fenced) until no live active worker of its pod is left, then
+        register again."""
         if not self._fenced:
             log.warning(
                 "worker %s was marked %s by another worker; its running tasks are recovered"
                 " elsewhere and it claims nothing%s",
                 self.worker_id,
                 status,
-                f" while pod {settings.pod_id} has another active worker"
-                if settings.pod_id
-                else "",
+                f" while pod {settings.pod_id} has another live worker" if settings.pod_id else "",
             )
             self._fenced = True
             with contextlib.suppress(Exception):
                 await self._db(self._store.release_lease, MAINTENANCE_LEASE, self.worker_id)
         if settings.pod_id is not None:
+            # a silent successor must not keep this worker waiting: judge it now
+            await self._db(
+                functools.partial(
+                    self._store.mark_dead_workers,
+                    settings.worker_heartbeat_timeout,
+                    exclude=self.worker_id,
+                )
+            )
             active = await self._db(self._store.list_workers, "active")
             if any(w.pod_id == settings.pod_id for w in active if w.worker_id != self.worker_id):
                 return
-        await self._db(self._store.register_worker, self._worker_row(now))
+        await self._register(settings)
         self._fenced = False
         log.warning("worker %s registered again and claims work", self.worker_id)
         self._poke()
-
-    async def _reclaim(self, now: float, settings: ManagerSettings) -> None:
-        """Recover the running tasks of workers that are dead (not seen for
-        ``worker_heartbeat_timeout``), superseded, stopped or gone: back to pending at once,
-        their attempt closed ``interrupted``, no attempt used up."""
-        rows = await self._db(
-            lambda: self._store.orphaned_tasks(
-                now - settings.worker_heartbeat_timeout, exclude=self.worker_id
-            )
-        )
-        if rows:
-            log.warning(
-                "recovering %d running task(s) of dead or superseded workers %s",
-                len(rows),
-                ", ".join(sorted({str(r.worker_id) for r in rows})),
-            )
-            changes = [
-                lifecycle.recover(row, now, self.worker_id, "worker dead or superseded")
-                for row in rows
-            ]
-            await self._db(self._store.apply, changes)
-
-    async def _retention(self, now: float, settings: ManagerSettings) -> None:
-        """The automatic retention sweep, beside the heartbeats (a long backlog must not delay
-        them) on a thread of its own, stopping between batches when the worker stops."""
-        before, statuses = now - settings.expire_time, settings.retention_statuses
-        loop = asyncio.get_running_loop()
-        try:
-            deleted = await loop.run_in_executor(
-                self._maintenance,
-                lambda: retention.sweep(
-                    self._store, before, statuses, stop=lambda: self._stopping or self._closing
-                ),
-            )
-        except Exception as exc:
-            log.warning("retention sweep failed (retried next interval): %s", exc)
-            return
-        if deleted["tasks_deleted"]:
-            log.info(
-                "retention deleted %(tasks_deleted)d task(s), %(events_deleted)d event(s)"
-                " and %(attempts_deleted)d attempt(s)",
-                deleted,
-            )
-
-    async def _sweep_stalled(self, now: float, settings: ManagerSettings) -> None:
-        """Time out running tasks (of any worker) whose heartbeat stopped."""
-        rows = await self._db(
-            lambda: self._store.running_tasks(
-                heartbeat_before=now - settings.task_heartbeat_timeout
-            )
-        )
-        if not rows:
-            return
-        changes = [
-            lifecycle.fail(
-                row,
-                f"TaskTimeoutError: no heartbeat for over {settings.task_heartbeat_timeout:g} s",
-                now,
-                self._rng,
-                timed_out=True,
-                timeout_type="heartbeat",
-            )
-            for row in rows
-        ]
-        await self._db(self._store.apply, changes)
 
     # --- stopping ------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
         self._poke()
         # a claim already on its way must land first, or its rows would start after the release
         if self._exchanges:
-            await asyncio.wait(set(self._exchanges))
+            await asyncio.wait(list(self._exchanges))
         deadline = time.monotonic() + self._stop_timeout
         while self._active and time.monotonic() < deadline:
             runners = [a.runner for a in self._active.values() if a.runner is not None]
             await asyncio.wait(runners, timeout=max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(0)
-        now = time.time()
+        now = self._now()
         for a in list(self._active.values()):
-            self._inflight.discard(row_key(a.row))
-            a.abandoned = True
-            a.state.lost = True
+            self._abandon(a)
             self._completer.put(lifecycle.recover(a.row, now, self.worker_id, "worker stopped"))
-            if a.runner is not None:
-                a.runner.cancel()
         await asyncio.sleep(0)
         await self._completer.flush()
         try:
-            await self._db(self._store.set_worker_status, self.worker_id, "stopped", time.time())
+            await self._db(self._store.set_worker_status, self.worker_id, "stopped", self._now())
             await self._db(self._store.release_lease, MAINTENANCE_LEASE, self.worker_id)
         except Exception as exc:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
