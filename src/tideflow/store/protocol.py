@@ -3,6 +3,12 @@
 The runtime and the manager talk to storage only through :class:`Store`. Writes arrive planned
 (:class:`~tideflow.core.types.Change`, :class:`~tideflow.core.types.NewTask`); the store applies
 them as compare-and-set and reports whether they held. It never picks a status.
+
+One clock: every time that decides liveness or eligibility (task and worker heartbeats, worker
+expiry, leases, stall and recovery cut-offs, ``next_run_time <= now``) is the database's "now",
+taken inside the statement that decides (PostgreSQL and MySQL: the server's clock; SQLite: the
+one host's clock), never a time the caller passes in. Times the caller writes into plans (event
+times, ``next_run_time`` from a delay, a claim's start and heartbeat) come from :meth:`Store.clock`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,19 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections; further calls raise :class:`StoreError`."""
 
+    def clock(self) -> float:
+        """Now on the database's clock, as POSIX seconds: ``time.time()`` plus an offset.
+
+        The offset (server minus local) is measured on first use and again once it is older
+        than 10 s; a failed measurement keeps the old offset (logged at debug) and never raises.
+        Callers take every time they write into plans from here.
+        """
+
+    def sync_clock(self) -> float:
+        """Measure the offset to the database's clock now (``SELECT`` of its "now", against the
+        midpoint of the local times before and after); return it. Never raises: on failure the
+        old offset is kept and returned. SQLite's offset is 0 (one host, one clock)."""
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """Call ``wake`` (from any thread) when new work may be due, e.g. on PostgreSQL NOTIFY.
 
@@ -61,7 +80,10 @@ class Store(Protocol):
         """
 
     def claim(self, request: ClaimRequest) -> list[TaskRow]:
-        """Atomically claim up to ``request.limit`` due tasks; return them as now written."""
+        """Atomically claim up to ``request.limit`` due tasks; return them as now written.
+
+        Due means ``next_run_time <=`` the database's now, in the statement; ``request.now``
+        is only the plan's time (take it from :meth:`clock`)."""
 
     def apply(self, changes: Sequence[Change]) -> list[bool]:
         """Apply each change as compare-and-set, all in one transaction; say which held."""
@@ -69,9 +91,9 @@ class Store(Protocol):
     def exchange(
         self, changes: Sequence[Change], request: ClaimRequest | None
     ) -> tuple[list[bool], list[TaskRow]]:
-        """Write ``changes`` (as :meth:`apply`), then claim (as :meth:`claim`), in ONE
-        transaction: the worker's hot path, so a finished batch and the next claim share a
-        commit."""
+        """Write ``changes`` (as :meth:`apply`), then claim (as :meth:`claim`, due by the
+        database's now), in ONE transaction: the worker's hot path, so a finished batch and the
+        next claim share a commit."""
 
     def append_event(self, change: Change) -> int | None:
         """Apply a change that writes exactly one event; return the event id, or None if fenced."""
@@ -115,13 +137,15 @@ class Store(Protocol):
         self,
         *,
         worker_id: str | None = None,
-        heartbeat_before: float | None = None,
+        heartbeat_older_than: float | None = None,
         limit: int = 1000,
     ) -> list[TaskRow]:
-        """Running tasks, optionally of one worker or with a heartbeat older than a time."""
+        """Running tasks (up to ``limit``, by id), optionally of one worker, or only those whose
+        ``heartbeat_at`` is before the database's now minus ``heartbeat_older_than`` seconds."""
 
-    def heartbeat_tasks(self, worker_id: str, now: float) -> dict[int, int]:
-        """Refresh the heartbeat of every task this worker runs; return ``{task_id: attempt}``."""
+    def heartbeat_tasks(self, worker_id: str) -> dict[int, int]:
+        """Set ``heartbeat_at`` to the database's now on every task this worker runs; return
+        ``{task_id: attempt}`` of those tasks."""
 
     # --- audit ---------------------------------------------------------------------------------
     def query_events(self, query: EventFilter) -> tuple[list[TaskEvent], int]:
@@ -131,9 +155,11 @@ class Store(Protocol):
         """Attempts matching ``query`` (paged) and their total."""
 
     # --- workers -------------------------------------------------------------------------------
-    def register_worker(self, worker: WorkerRow) -> None:
-        """Insert or replace this worker's row; with a ``pod_id``, every other active worker of
-        that pod is marked ``superseded`` in the same transaction."""
+    def register_worker(self, worker: WorkerRow) -> list[str]:
+        """Insert or replace this worker's row, with the row's own times (callers take them
+        from :meth:`clock`); with a ``pod_id``, every other active worker of that pod is marked
+        ``superseded`` in the same transaction. Returns the ids so marked (the new worker
+        recovers their running tasks itself)."""
 
     def delete_expired(
         self, before: float, statuses: Sequence[str], limit: int, after_id: int = 0
@@ -146,10 +172,12 @@ class Store(Protocol):
         events and attempts. Returns the tasks, events and attempts deleted and the last root
         id looked at (the next batch's ``after_id``; None when there was none)."""
 
-    def acquire_lease(self, name: str, holder: str, now: float, stale_before: float) -> bool:
-        """Take or renew the lease ``name`` for ``holder``: it holds when nobody has it, when
-        ``holder`` already has it, or when its holder last renewed it before ``stale_before``.
-        Returns whether ``holder`` has it now."""
+    def acquire_lease(self, name: str, holder: str, stale_after: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` (``renewed_at`` = the database's
+        now), in one statement: it holds when nobody has it, when ``holder`` already has it,
+        when it was last renewed before the database's now minus ``stale_after`` seconds, or
+        when its holder is not an active worker (no row, or ``dead``, ``superseded``,
+        ``stopped``): a lease dies with its holder. Returns whether ``holder`` has it now."""
 
     def lease_holder(self, name: str) -> str | None:
         """Who holds the lease ``name`` (None: nobody), however long ago it was renewed."""
@@ -161,17 +189,18 @@ class Store(Protocol):
         """Delete the rows of workers that are not ``active``, were last seen before
         ``before`` and own no running task; returns how many."""
 
-    def orphaned_tasks(
-        self, seen_before: float, *, exclude: str, limit: int = 1000
-    ) -> list[TaskRow]:
-        """Running tasks whose worker is not live, for ``exclude`` (the caller) to recover.
+    def mark_dead_workers(self, silent_for: float, *, exclude: str) -> list[str]:
+        """Mark ``dead`` every ``active`` worker other than ``exclude`` (the caller) last seen
+        before the database's now minus ``silent_for`` seconds; return their ids."""
 
-        Active workers last seen before ``seen_before`` are marked ``dead`` first; then a task's
-        worker is live only if its row exists and is ``active``. The caller's own tasks are left
-        out."""
+    def orphaned_tasks(self, *, exclude: str, limit: int = 1000) -> list[TaskRow]:
+        """Running tasks (up to ``limit``, by id) whose worker row is missing or not ``active``,
+        for ``exclude`` (the caller, whose own tasks are left out) to recover. Marks nobody
+        dead (:meth:`mark_dead_workers` does)."""
 
-    def heartbeat_worker(self, worker_id: str, now: float, expires_at: float) -> str | None:
-        """Refresh liveness; return the worker's status as stored (None if the row is gone)."""
+    def heartbeat_worker(self, worker_id: str, timeout: float) -> str | None:
+        """Set the worker's ``last_seen_at`` to the database's now and ``expires_at`` to now
+        plus ``timeout``; return its status as stored (None if the row is gone)."""
 
     def set_worker_status(self, worker_id: str, status: str, now: float) -> None:
         """Set a worker's status (e.g. ``stopped`` after a graceful stop)."""

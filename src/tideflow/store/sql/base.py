@@ -2,7 +2,8 @@
 
 Statements are written once with ``?`` placeholders and named after the store operation they
 serve. A dialect provides connections and transactions (:meth:`SqlStore._write`,
-:meth:`SqlStore._read`), the claim's candidate query, the schema and row decoding quirks.
+:meth:`SqlStore._read`), the database's "now" (:attr:`SqlStore.now_sql`), the claim's candidate
+query, the schema and row decoding quirks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -117,6 +119,10 @@ def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
+#: seconds after which :meth:`SqlStore.clock` measures its offset to the database again
+CLOCK_MAX_AGE = 10.0
+
+
 class SqlStore:
     """Shared implementation of :class:`~tideflow.store.protocol.Store` over DB-API drivers."""
 
@@ -128,6 +134,60 @@ class SqlStore:
     lock_rows = ""
     #: root tasks per retention transaction (:meth:`delete_expired`)
     retention_batch = 500
+    #: SQL for the database's now as POSIX float seconds, evaluated inside the statements that
+    #: judge liveness and eligibility (each dialect sets it)
+    now_sql = ""
+
+    def __init__(self) -> None:
+        self._clock_lock = threading.Lock()
+        self._clock_offset = 0.0
+        self._clock_measured: float | None = None  # time.monotonic() of the last measurement
+
+    # --- the database's clock ------------------------------------------------------------------
+    def clock(self) -> float:
+        measured = self._clock_measured
+        if measured is None:
+            # first use: wait for a measurement (another thread's or ours)
+            with self._clock_lock:
+                if self._clock_measured is None:
+                    self._measure()
+        elif time.monotonic() - measured > CLOCK_MAX_AGE and self._clock_lock.acquire(
+            blocking=False
+        ):
+            # stale: one thread measures, the others go on with the old offset
+            try:
+                self._measure()
+            finally:
+                self._clock_lock.release()
+        return time.time() + self._clock_offset
+
+    def sync_clock(self) -> float:
+        with self._clock_lock:
+            self._measure()
+        return self._clock_offset
+
+    def _measure(self) -> None:
+        """Measure the offset now (the caller holds the clock lock); keep the old one on error."""
+        try:
+            self._clock_offset = self._measure_offset()
+        except Exception as exc:
+            log.debug(
+                "could not read the clock of %s, keeping the offset %.3fs: %s",
+                self.safe_url,
+                self._clock_offset,
+                exc,
+            )
+        finally:
+            self._clock_measured = time.monotonic()
+
+    def _measure_offset(self) -> float:
+        """The database's now minus the midpoint of the local times around reading it."""
+        with self._read() as cur:
+            before = time.time()
+            cur.execute(f"SELECT {self.now_sql}")
+            server = float(cur.fetchone()[0])
+            after = time.time()
+        return server - (before + after) / 2
 
     # --- what a dialect provides ---------------------------------------------------------------
     def _write(self) -> contextlib.AbstractContextManager[Cursor]:
@@ -726,7 +786,7 @@ class SqlStore:
         self,
         *,
         worker_id: str | None = None,
-        heartbeat_before: float | None = None,
+        heartbeat_older_than: float | None = None,
         limit: int = 1000,
     ) -> list[TaskRow]:
         sql = f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running'"
@@ -734,22 +794,23 @@ class SqlStore:
         if worker_id is not None:
             sql += " AND worker_id = ?"
             params.append(worker_id)
-        if heartbeat_before is not None:
-            sql += " AND heartbeat_at < ?"
-            params.append(heartbeat_before)
+        if heartbeat_older_than is not None:
+            sql += f" AND heartbeat_at < {self.now_sql} - ?"
+            params.append(heartbeat_older_than)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
         with self._read() as cur:
             cur.execute(self._q(sql), params)
             return [self._decode_task(r) for r in cur.fetchall()]
 
-    def heartbeat_tasks(self, worker_id: str, now: float) -> dict[int, int]:
+    def heartbeat_tasks(self, worker_id: str) -> dict[int, int]:
         with self._write() as cur:
             cur.execute(
                 self._q(
-                    f"UPDATE {T} SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running'"
+                    f"UPDATE {T} SET heartbeat_at = {self.now_sql}"
+                    " WHERE worker_id = ? AND status = 'running'"
                 ),
-                (now, worker_id),
+                (worker_id,),
             )
             cur.execute(
                 self._q(f"SELECT id, attempt FROM {T} WHERE worker_id = ? AND status = 'running'"),
@@ -848,16 +909,19 @@ class SqlStore:
         ], total
 
     # --- workers -------------------------------------------------------------------------------
-    def register_worker(self, worker: WorkerRow) -> None:
+    def register_worker(self, worker: WorkerRow) -> list[str]:
+        superseded: list[str] = []
         with self._write() as cur:
             if worker.pod_id is not None:
                 cur.execute(
                     self._q(
-                        f"UPDATE {W} SET status = 'superseded'"
-                        " WHERE pod_id = ? AND worker_id <> ? AND status = 'active'"
+                        f"SELECT worker_id FROM {W} WHERE pod_id = ? AND worker_id <> ?"
+                        f" AND status = 'active' ORDER BY worker_id{self.lock_rows}"
                     ),
                     (worker.pod_id, worker.worker_id),
                 )
+                superseded = [str(r[0]) for r in cur.fetchall()]
+                self._set_status(cur, superseded, "superseded")
             cur.execute(self._q(f"DELETE FROM {W} WHERE worker_id = ?"), (worker.worker_id,))
             cur.execute(
                 self._q(
@@ -877,25 +941,44 @@ class SqlStore:
                     worker.expires_at,
                 ),
             )
+        return superseded
 
-    def heartbeat_worker(self, worker_id: str, now: float, expires_at: float) -> str | None:
+    def _set_status(self, cur: Cursor, worker_ids: Sequence[str], status: str) -> None:
+        """Set the status of the workers ``worker_ids`` (rows the transaction has locked)."""
+        if worker_ids:
+            cur.execute(
+                self._q(
+                    f"UPDATE {W} SET status = ?"
+                    f" WHERE worker_id IN ({_placeholders(len(worker_ids))})"
+                ),
+                (status, *worker_ids),
+            )
+
+    def heartbeat_worker(self, worker_id: str, timeout: float) -> str | None:
+        now = self.now_sql
         with self._write() as cur:
             cur.execute(
-                self._q(f"UPDATE {W} SET last_seen_at = ?, expires_at = ? WHERE worker_id = ?"),
-                (now, expires_at, worker_id),
+                self._q(
+                    f"UPDATE {W} SET last_seen_at = {now}, expires_at = {now} + ?"
+                    " WHERE worker_id = ?"
+                ),
+                (timeout, worker_id),
             )
             cur.execute(self._q(f"SELECT status FROM {W} WHERE worker_id = ?"), (worker_id,))
             row = cur.fetchone()
         return None if row is None else str(row[0])
 
-    def acquire_lease(self, name: str, holder: str, now: float, stale_before: float) -> bool:
+    def acquire_lease(self, name: str, holder: str, stale_after: float) -> bool:
+        now = self.now_sql
         with self._write() as cur:
             cur.execute(
                 self._q(
-                    f"UPDATE {L} SET holder = ?, renewed_at = ? WHERE name = ?"
-                    " AND (holder = ? OR holder IS NULL OR renewed_at < ?)"
+                    f"UPDATE {L} SET holder = ?, renewed_at = {now} WHERE name = ?"
+                    f" AND (holder IS NULL OR holder = ? OR renewed_at < {now} - ?"
+                    f" OR NOT EXISTS (SELECT 1 FROM {W} WHERE {W}.worker_id = {L}.holder"
+                    f" AND {W}.status = 'active'))"
                 ),
-                (holder, now, name, holder, stale_before),
+                (holder, name, holder, stale_after),
             )
             return int(cur.rowcount) > 0
 
@@ -924,17 +1007,22 @@ class SqlStore:
             )
             return max(0, int(cur.rowcount))
 
-    def orphaned_tasks(
-        self, seen_before: float, *, exclude: str, limit: int = 1000
-    ) -> list[TaskRow]:
+    def mark_dead_workers(self, silent_for: float, *, exclude: str) -> list[str]:
         with self._write() as cur:
+            # the rows stay locked until the UPDATE: a heartbeat committed meanwhile is seen
             cur.execute(
                 self._q(
-                    f"UPDATE {W} SET status = 'dead'"
-                    " WHERE status = 'active' AND last_seen_at < ? AND worker_id <> ?"
+                    f"SELECT worker_id FROM {W} WHERE status = 'active' AND worker_id <> ?"
+                    f" AND last_seen_at < {self.now_sql} - ? ORDER BY worker_id{self.lock_rows}"
                 ),
-                (seen_before, exclude),
+                (exclude, silent_for),
             )
+            dead = [str(r[0]) for r in cur.fetchall()]
+            self._set_status(cur, dead, "dead")
+        return dead
+
+    def orphaned_tasks(self, *, exclude: str, limit: int = 1000) -> list[TaskRow]:
+        with self._read() as cur:
             cur.execute(
                 self._q(
                     f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running' AND worker_id <> ?"

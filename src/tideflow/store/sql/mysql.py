@@ -5,9 +5,14 @@ Driver: PyMySQL. It is pure Python (no libmysqlclient headers or compiler needed
 MySQL and MariaDB, and is synchronous like the rest of the store (``asyncmy``/``aiomysql`` are
 async-only, and ``aiomysql`` is itself built on PyMySQL).
 
-Sessions run with ``autocommit`` off, ``READ COMMITTED``, utf8mb4 and a strict ``sql_mode``
-(``sql_mode``/``init_command`` connect arguments). A pooled connection is pinged on checkout and
-replaced by a new one when it was dropped (PyMySQL 1.2 deprecates ``ping(reconnect=True)``).
+Sessions run with ``autocommit`` off, ``READ COMMITTED``, utf8mb4, a strict ``sql_mode``
+(``sql_mode``/``init_command`` connect arguments) and ``time_zone = '+00:00'``, so the server's
+now (:data:`NOW`, which judges liveness and eligibility in the statement) never passes through
+a time zone with daylight saving time. The pool holds at most ``pool_size`` connections (URL
+option, default 8), in use or idle; a caller finding all of them in use waits up to
+``pool_timeout`` seconds (default 15) and then gets a :class:`StoreError`. A pooled connection
+is pinged on checkout and replaced by a new one when it was dropped (PyMySQL 1.2 deprecates
+``ping(reconnect=True)``).
 ``CLIENT.FOUND_ROWS`` makes ``rowcount`` count matched rows (as SQLite and PostgreSQL do), so a
 compare-and-set that writes unchanged values still reports that it held.
 
@@ -56,6 +61,9 @@ from tideflow.store.sql.base import (
 __all__ = ["MysqlStore"]
 
 SCHEMA_VERSION = 2
+#: the server's now as POSIX seconds (DECIMAL; compared with DOUBLE columns as DOUBLE). NOW() is
+#: fixed for the statement; our sessions' time_zone is UTC, so no DST fold can skew it.
+NOW = "UNIX_TIMESTAMP(NOW(6))"
 
 _CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
@@ -268,7 +276,7 @@ _CLOSE_ATTEMPTS = (
 )
 _INSERT_TASKS = f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)}) VALUES {{}} RETURNING id"
 
-_URL_OPTIONS = ("pool_size", "connect_timeout", "unix_socket")
+_URL_OPTIONS = ("pool_size", "pool_timeout", "connect_timeout", "unix_socket")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -306,17 +314,40 @@ def _retrying(
 
 
 class _Pool:
-    """Idle PyMySQL connections in a LIFO queue; a dropped one is replaced on checkout."""
+    """At most ``size`` PyMySQL connections, in use or idle (idle ones in a LIFO queue).
 
-    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+    :meth:`get` waits up to ``timeout`` seconds for a connection when all are in use, then
+    raises :class:`StoreError`; every :meth:`get` must be followed by one :meth:`put`. A dropped
+    idle connection is replaced on checkout.
+    """
+
+    def __init__(
+        self, connect: Callable[[], Any], size: int, timeout: float, safe_url: str
+    ) -> None:
         self._connect = connect
         self._size = size
+        self._timeout = timeout
+        self._safe_url = safe_url
+        self._slots = threading.BoundedSemaphore(size)
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self.closed = False
 
     def get(self) -> Any:
         if self.closed:
             raise StoreError("this store is closed; create a new TaskManager")
+        if not self._slots.acquire(timeout=self._timeout):
+            raise StoreError(
+                f"all {self._size} connections to {self._safe_url} stayed in use for"
+                f" {self._timeout:g}s; raise pool_size or pool_timeout in the URL"
+            )
+        try:
+            return self._take()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _take(self) -> Any:
+        """An idle connection that answers a ping, or a new one (the caller holds a slot)."""
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
@@ -331,11 +362,14 @@ class _Pool:
         return conn
 
     def put(self, conn: Any, *, broken: bool = False) -> None:
-        if broken or self.closed or self._idle.qsize() >= self._size:
-            with contextlib.suppress(Exception):
-                conn.close()
-            return
-        self._idle.put(conn)
+        try:
+            if broken or self.closed:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            else:
+                self._idle.put(conn)
+        finally:
+            self._slots.release()
 
     def close(self) -> None:
         self.closed = True
@@ -397,12 +431,14 @@ class MysqlStore(SqlStore):
     dialect = "mysql"
     parallel_exchanges = 2
     lock_rows = " FOR UPDATE"
+    now_sql = NOW
     # with a few hundred ids in "root_id IN (...)" the optimizer prefers a full table scan to
     # the root index on tables of up to a few hundred thousand rows; 100 keeps it on the index
     retention_batch = 100
     #: ``requires`` is pre-filtered in SQL with a REGEXP; base.claim double-checks in Python
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.safe_url = redact(url)
         args, options = _parse_url(url)
         self.database: str = args["database"]
@@ -418,13 +454,23 @@ class MysqlStore(SqlStore):
         }
         self._pool = _Pool(
             self._connect,
-            size=int(_number(options, "pool_size", 8, self.safe_url)),
+            size=max(1, int(_number(options, "pool_size", 8, self.safe_url))),
+            timeout=_number(options, "pool_timeout", 15, self.safe_url),
+            safe_url=self.safe_url,
         )
         self._setup_lock = threading.Lock()
         self._returning: bool | None = None
 
     def _connect(self) -> Any:
-        return pymysql.connect(**self._connect_args)
+        conn = pymysql.connect(**self._connect_args)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET time_zone = '+00:00'")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        return conn
 
     def _error(self, exc: Exception, doing: str = "") -> StoreError:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
@@ -485,6 +531,7 @@ class MysqlStore(SqlStore):
     register_worker = _retrying(SqlStore.register_worker)
     heartbeat_worker = _retrying(SqlStore.heartbeat_worker)
     update_worker = _retrying(SqlStore.update_worker)
+    mark_dead_workers = _retrying(SqlStore.mark_dead_workers)
     orphaned_tasks = _retrying(SqlStore.orphaned_tasks)
     acquire_lease = _retrying(SqlStore.acquire_lease)
     release_lease = _retrying(SqlStore.release_lease)
@@ -601,7 +648,7 @@ class MysqlStore(SqlStore):
 
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         names = sorted(request.names)
-        params: list[Any] = [request.now, *names]
+        params: list[Any] = [*names]
         requires = "requires IS NULL OR requires = ''"
         if request.capabilities:
             # every comma-separated required capability is one of ours
@@ -611,7 +658,7 @@ class MysqlStore(SqlStore):
         params.append(fetch)
         cur.execute(
             f"SELECT {_TASK_JSON} FROM {T} FORCE INDEX (tideflow_tasks_claim)"
-            f" WHERE claimable = 1 AND next_run_time <= %s"
+            f" WHERE claimable = 1 AND next_run_time <= {NOW}"
             f" AND name IN ({', '.join(['%s'] * len(names))}) AND ({requires})"
             " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED",
             params,

@@ -6,6 +6,8 @@ are replaced. Workers claim with ``FOR UPDATE SKIP LOCKED`` over a partial index
 statuses. A transaction that makes a task due now sends ``NOTIFY tideflow_tasks``; subscribers
 hold one dedicated autocommit connection that LISTENs and wakes the claim loop (polling stays as
 the fallback).
+
+Liveness and eligibility are judged by the server's clock in the statement (:data:`NOW`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,6 +49,12 @@ SCHEMA_VERSION = 2
 CHANNEL = "tideflow_tasks"
 #: ``pg_advisory_xact_lock`` key serialising concurrent ``setup()`` calls ("tideflow")
 SETUP_LOCK = 0x7469646566_6C6F77 & 0x7FFFFFFFFFFFFFFF
+
+#: the server's now as POSIX seconds. EXTRACT returns numeric: the cast keeps every comparison
+#: float8 against the float8 time columns, so it stays an index condition (a column cast to
+#: numeric could use no index). statement_timestamp() is stable, one value per statement
+#: (unlike clock_timestamp()), so an index scan may use it.
+NOW = "EXTRACT(EPOCH FROM statement_timestamp())::float8"
 
 _CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
@@ -179,7 +186,7 @@ _PLAN_BY_ID = "SELECT " + ", ".join(
 )
 _CLAIM = (
     f"SELECT {TASK_SELECT} FROM {T}"
-    f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= %s AND name = ANY(%s)"
+    f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= {NOW} AND name = ANY(%s)"
     " AND (requires IS NULL OR string_to_array(requires, ',') <@ %s::text[])"
     " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED"
 )
@@ -438,6 +445,7 @@ class PostgresStore(SqlStore):
     dialect = "postgresql"
     parallel_exchanges = 2
     lock_rows = " FOR UPDATE"
+    now_sql = NOW
 
     def __init__(
         self,
@@ -447,6 +455,7 @@ class PostgresStore(SqlStore):
         max_size: int = 8,
         timeout: float = 15.0,
     ) -> None:
+        super().__init__()
         self.safe_url = redact(url)
         self._password = urlsplit(url).password if "://" in url else None
         self._conninfo = _conninfo(url)
@@ -535,7 +544,7 @@ class PostgresStore(SqlStore):
     def _claim_candidates(self, cur: Cursor, request: ClaimRequest, fetch: int) -> list[Any]:
         cur.execute(
             _CLAIM,
-            (request.now, sorted(request.names), sorted(request.capabilities), fetch),
+            (sorted(request.names), sorted(request.capabilities), fetch),
         )
         return cur.fetchall()
 
@@ -549,7 +558,7 @@ class PostgresStore(SqlStore):
             (len(tasks),),
         )
         reserved = sorted(int(r[0]) for r in cur.fetchall())
-        now = time.time()
+        now = self.clock()
         ids: list[int] = []
         rows: list[list[Any]] = []
         events: list[tuple[Any, ...]] = []
@@ -627,7 +636,7 @@ class PostgresStore(SqlStore):
             ids |= {int(r[0]) for r in update.fetchall()}
             update.close()
         held = [c.task_id in ids for c in changes]
-        now = time.time()
+        now = self.clock()
         if any(ok and _due_now(c.values, now) for c, ok in zip(changes, held, strict=True)):
             _notify(cur)
         self._write_held_rows(cur, changes, held)
@@ -646,7 +655,7 @@ class PostgresStore(SqlStore):
 
     def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
         held = super()._apply_one(cur, change, events=events)
-        if held and _due_now(change.values, time.time()):
+        if held and _due_now(change.values, self.clock()):
             _notify(cur)
         return held
 

@@ -3,6 +3,13 @@
 A ``:memory:`` database is private to its manager and shared by the manager's threads through
 that one connection. A file database may be shared by several processes: each write is a short
 ``BEGIN IMMEDIATE`` transaction and waits on the busy timeout instead of failing.
+
+A SQLite database lives on one host, so its "now" is that host's clock: the SQL function
+``tideflow_now()`` returns ``time.time()`` (looked up on each call, so a patched clock is seen).
+It is not registered as deterministic (it is not, and SQLite would then accept it in indexes,
+CHECK constraints and generated columns); statements call it through a scalar subquery, which
+SQLite evaluates once per statement (like PostgreSQL's ``statement_timestamp()``) instead of
+once per row scanned. The claim still walks its partial index (``EXPLAIN QUERY PLAN``).
 """
 
 from __future__ import annotations
@@ -136,6 +143,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+def _now() -> float:
+    """SQL function ``tideflow_now``: this host's clock (``time.time`` looked up per call)."""
+    return time.time()
+
+
 def _covers(requires: str | None, capabilities: str) -> int:
     """SQL function ``tideflow_covers``: 1 when every required capability (comma-joined) is
     among the offered ones."""
@@ -153,8 +165,10 @@ class SqliteStore(SqlStore):
     """The embedded default store."""
 
     dialect = "sqlite"
+    now_sql = "(SELECT tideflow_now())"
 
     def __init__(self, path: str, *, busy_timeout: float = 30.0, synchronous: str = "FULL"):
+        super().__init__()
         self.path = path
         self.safe_url = "sqlite::memory:" if path == ":memory:" else f"sqlite:{path}"
         self._lock = threading.RLock()
@@ -165,6 +179,7 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from None
         conn.create_function("tideflow_covers", 2, _covers, deterministic=True)
+        conn.create_function("tideflow_now", 0, _now)
         if path != ":memory:":
             self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -266,18 +281,21 @@ class SqliteStore(SqlStore):
         statuses = ", ".join(f"'{s}'" for s in CLAIMABLE)
         cur.execute(
             f"SELECT {TASK_SELECT} FROM {T} INDEXED BY tideflow_tasks_claim"
-            f" WHERE status IN ({statuses}) AND next_run_time <= ?"
+            f" WHERE status IN ({statuses}) AND next_run_time <= {self.now_sql}"
             f" AND name IN ({', '.join('?' * len(names))})"
             " AND (requires IS NULL OR tideflow_covers(requires, ?) = 1)"
             " ORDER BY priority DESC, next_run_time, id LIMIT ?",
             (
-                request.now,
                 *names,
                 ",".join(sorted(request.capabilities)),
                 fetch,
             ),
         )
         return cur.fetchall()
+
+    def _measure_offset(self) -> float:
+        """One host, one clock: the offset is 0 (and no query waits on the store's lock)."""
+        return 0.0
 
     def setup(self) -> None:
         with self._write() as cur:
