@@ -617,7 +617,11 @@ class Worker:
         last_worker = -float("inf")
         while True:
             settings = self._settings()
-            interval = min(settings.task_heartbeat_interval, settings.worker_heartbeat_interval)
+            # at least four tries per timeout, so one slow round never reaches the self-fence
+            worker_every = min(
+                settings.worker_heartbeat_interval, settings.worker_heartbeat_timeout / 4
+            )
+            interval = min(settings.task_heartbeat_interval, worker_every)
             assert self._beat is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat.wait(), interval)
@@ -630,7 +634,7 @@ class Worker:
                 self._fence_lost(checked, owned)
             except Exception as exc:
                 log.warning("task heartbeat of worker %s failed: %s", self.worker_id, exc)
-            if time.monotonic() - last_worker >= settings.worker_heartbeat_interval:
+            if time.monotonic() - last_worker >= worker_every * 0.9:
                 last_worker = time.monotonic()
                 try:
                     await self._worker_heartbeat(settings)
