@@ -405,6 +405,29 @@ def test_worker_warns_when_the_app_ignores_the_db(app_dir: Path) -> None:
         worker.kill()
 
 
+def test_worker_never_prints_the_password_of_a_malformed_db(app_dir: Path) -> None:
+    # the app opens its own database, so the worker only names --db in its warning; the CLI's
+    # own redaction used to give up on this URL (an unclosed "[") and print it whole
+    (app_dir / "fixed.py").write_text(
+        "from tideflow import TaskManager\n"
+        "tm = TaskManager('sqlite:fixed.db', poll_interval=0.02)\n"
+        "tm.use('noop', lambda task: None)\n"
+    )
+    worker = WorkerProcess(app_dir, "fixed:tm", "--db", "mysql://u:secret@[::1/db")
+    try:
+        wait_for(
+            lambda: "started" in worker.output() or worker.proc.poll() is not None,
+            timeout=30,
+            interval=0.05,
+        )
+        worker.proc.send_signal(signal.SIGINT)
+        assert worker.wait() == 0, worker.output()
+        assert "not mysql://u:***@[::1/db given by --db" in worker.output()
+        assert "secret" not in worker.output()
+    finally:
+        worker.kill()
+
+
 @pytest.mark.parametrize(
     ("app", "message"),
     [

@@ -7,9 +7,9 @@ import os
 import shlex
 import shutil
 import sys
-from urllib.parse import urlsplit
 
 from tideflow.manager import TaskManager
+from tideflow.store.url import redact, sqlite_file
 
 __all__ = [
     "DB_ENV",
@@ -51,35 +51,6 @@ def resolve_db(args: argparse.Namespace, default: str | None = None) -> str:
     if not db:
         raise CliError(f"no database given: pass --db URL or set {DB_ENV}")
     return db
-
-
-def sqlite_file(url: str) -> str | None:
-    """The file path of a ``sqlite:`` connection string (None for memory or other schemes).
-
-    Mirrors the forms of SPEC §2: ``sqlite:path.db``, ``sqlite:///rel.db``, ``sqlite:////abs.db``.
-    """
-    if not url.startswith("sqlite:"):
-        return None
-    rest = url[len("sqlite:") :]
-    if rest in ("", ":memory:", "//:memory:", "///:memory:"):
-        return None
-    if rest.startswith("///"):
-        return rest[3:]
-    if rest.startswith("//"):
-        return None  # malformed: the store reports it
-    return rest
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    return url.replace(f":{password}@", ":***@", 1)
 
 
 def same_database(given: str, safe_url: str) -> bool:
