@@ -94,6 +94,10 @@ def _check_id(task_id: Any) -> int:
     return task_id
 
 
+#: how many times cancel_task re-reads a workflow to cancel descendants that changed meanwhile
+_CASCADE_TRIES = 10
+
+
 def _filter_text(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidOptionError(
@@ -507,27 +511,38 @@ class TaskManager:
         self._control(task_id, lambda row, now: [lifecycle.resume(row, resume_reason, now)])
 
     def cancel_task(self, task_id: int, reason: str | None = None) -> None:
-        """Cancel a task and its unfinished descendants (they end ``permanently_failed``)."""
+        """Cancel a task and its unfinished descendants (they end ``permanently_failed``).
 
-        def cascade(row: TaskRow, now: float) -> list[Change]:
+        Returns once none of them is live; raises :class:`InvalidTransitionError` naming the
+        descendants that kept changing (claimed, finished, spawning) through every try.
+        """
+        task_id = _check_id(task_id)
+        child_reason = reason or "parent cancelled"
+
+        def cascade(now: float) -> list[Change]:
             return [
-                lifecycle.cancel(child, reason or "parent cancelled", now)
-                for child in self._store.descendants(row.id)
+                lifecycle.cancel(child, child_reason, now)
+                for child in self._store.descendants(task_id)
                 if child.status not in TERMINAL_STATUSES
             ]
 
-        self._control(
-            task_id, lambda row, now: [lifecycle.cancel(row, reason, now), *cascade(row, now)]
-        )
-        # a descendant that changed between the read and the write (claimed, or spawned its own
-        # children) lost its guard: read the tree again until nothing unfinished is left
-        for _ in range(10):
-            row = self._store.get_task(_check_id(task_id))
-            changes = cascade(row, time.time()) if row is not None else []
+        self._control(task_id, lambda row, now: [lifecycle.cancel(row, reason, now), *cascade(now)])
+        # a descendant that changed between the read and the write (claimed, finished, or
+        # spawned children of its own) lost its guard: read the tree again and cancel what is
+        # still live, until nothing is
+        for _ in range(_CASCADE_TRIES):
+            changes = cascade(time.time())
             if not changes:
                 return
             self._store.apply(changes)
-        log.warning("task %s: some descendants kept changing while being cancelled", task_id)
+        left = [c.task_id for c in cascade(time.time())]
+        if not left:
+            return
+        raise InvalidTransitionError(
+            f"task {task_id} is cancelled, but its descendant(s)"
+            f" {', '.join(map(str, sorted(left)))} changed every time they were cancelled"
+            f" ({_CASCADE_TRIES} tries) and are still live: cancel them with cancel_task(id)"
+        )
 
     def pause_task(self, task_id: int) -> None:
         """Pause a task or cron schedule until :meth:`resume_task`."""

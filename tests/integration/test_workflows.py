@@ -17,6 +17,7 @@ from support.wait import assert_stays, wait_for, wait_for_status
 from support.workers import claim
 from support.workflow import attempts, event_types, events, meta, outcomes
 from tideflow import TaskManager
+from tideflow.errors import InvalidTransitionError
 
 RESULT_KEYS = {"task_id", "name", "status", "result", "error"}
 
@@ -735,6 +736,87 @@ def test_cancel_parent_whose_children_nobody_serves(make_manager: Any) -> None:
         assert info.status == "permanently_failed"
         assert event_types(tm, task_id)[-1] == "task_cancelled"
     assert "task_resumed" not in event_types(tm, parent_id)
+
+
+class RacingStore:
+    """The manager's store, with ``before_apply(changes)`` run before every ``apply``: another
+    worker's claim or finish lands between the manager's read and its write, every time the
+    test wants it to."""
+
+    def __init__(self, store: Any, before_apply: Any) -> None:
+        self._store = store
+        self._before_apply = before_apply
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def apply(self, changes: Any) -> Any:
+        return self._store.apply(self._before_apply(list(changes)))
+
+
+def _suspended_parent_with_remote_children(tm: Any, count: int = 2) -> tuple[int, list[int]]:
+    tm.use("parent", lambda task: task.next([{"name": "job"} for _ in range(count)]))
+    parent_id = tm.submit("parent")
+    tm.start()
+    wait_for(
+        lambda: tm.get_task(parent_id).status == "suspended",
+        message="the parent never suspended",
+    )
+    kids = child_ids(tm, parent_id)
+    assert [tm.get_task(k).status for k in kids] == ["pending"] * count
+    return parent_id, kids
+
+
+def test_cancel_retries_a_child_claimed_between_its_read_and_its_write(
+    make_manager: Any,
+) -> None:
+    # "job" has no handler here: only the other worker below claims it, at the worst moment
+    tm = make_manager(allow_unregistered=True)
+    parent_id, (first, second) = _suspended_parent_with_remote_children(tm)
+    raced: list[int] = []
+
+    def claim_first_child_once(changes: list[Any]) -> list[Any]:
+        if not raced and any(c.task_id == first for c in changes):
+            (row,) = claim(tm, "other-worker", name="job")  # the oldest due job: the first child
+            raced.append(row.id)
+        return changes
+
+    tm._store = RacingStore(tm._store, claim_first_child_once)
+    tm.cancel_task(parent_id, reason="operator stop")
+
+    assert raced == [first]
+    for task_id in (parent_id, first, second):
+        assert tm.get_task(task_id).status == "permanently_failed", task_id
+        assert event_types(tm, task_id)[-1] == "task_cancelled"
+    # the claimed child was cancelled on the second read, as a running task: its attempt is
+    # fenced off and closed "cancelled"
+    assert outcomes(tm, first) == ["cancelled"]
+    assert [e.from_status for e in events(tm, first)][-1] == "running"
+
+
+def test_cancel_names_the_descendants_it_could_not_cancel(make_manager: Any) -> None:
+    tm = make_manager(allow_unregistered=True)
+    parent_id, (first, second) = _suspended_parent_with_remote_children(tm)
+    writes: list[int] = []
+
+    def lose_every_write_about_the_second_child(changes: list[Any]) -> list[Any]:
+        # as if the second child changed between every read and write (its guard never held)
+        writes.extend(c.task_id for c in changes if c.task_id == second)
+        return [c for c in changes if c.task_id != second]
+
+    tm._store = RacingStore(tm._store, lose_every_write_about_the_second_child)
+    with pytest.raises(InvalidTransitionError, match=rf"descendant\(s\) {second} ") as info:
+        tm.cancel_task(parent_id)
+    assert f"task {parent_id} is cancelled" in str(info.value)
+    assert "cancel_task" in str(info.value)  # what to do about it
+    assert len(writes) > 1  # it tried again before giving up
+
+    assert tm.get_task(parent_id).status == "permanently_failed"
+    assert tm.get_task(first).status == "permanently_failed"
+    assert tm.get_task(second).status == "pending"
+    tm._store = tm._store._store
+    tm.cancel_task(second)  # the advice works
+    assert tm.get_task(second).status == "permanently_failed"
 
 
 def test_cancelled_child_is_reported_to_its_parent(make_manager: Any) -> None:
