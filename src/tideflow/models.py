@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -78,14 +78,19 @@ def _plain(value: Any) -> Any:
         return value.hex()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskInfo(_Record):
-    """A snapshot of one task row."""
+    """A snapshot of one task row.
+
+    ``unreadable`` names each field whose stored value could not be decoded (a row written by
+    an older version or edited by hand: invalid JSON, a time outside ``datetime``'s range) with
+    the reason; such a field is None. It is empty for a sound row.
+    """
 
     id: int
     name: str
@@ -98,7 +103,7 @@ class TaskInfo(_Record):
     tag: str | None
     stage: int
     context: bytes | None
-    created_at: datetime
+    created_at: datetime | None
     next_run_time: datetime | None
     start_time: datetime | None
     last_active_time: datetime | None
@@ -123,6 +128,7 @@ class TaskInfo(_Record):
     current_stage_name: str | None
     progress_text: str | None
     progress_percent: float | None
+    unreadable: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,7 +169,11 @@ class TaskAttempt(_Record):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerInfo(_Record):
-    """A registered worker and its liveness."""
+    """A registered worker and its liveness.
+
+    ``unreadable`` names each field whose stored value could not be decoded, with the reason;
+    such a time is None and such a list is empty. It is empty for a sound row.
+    """
 
     worker_id: str
     pod_id: str | None
@@ -173,9 +183,10 @@ class WorkerInfo(_Record):
     capabilities: tuple[str, ...]
     handlers: tuple[str, ...]
     concurrency: int
-    registered_at: datetime
-    last_seen_at: datetime
-    expires_at: datetime
+    registered_at: datetime | None
+    last_seen_at: datetime | None
+    expires_at: datetime | None
+    unreadable: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ one run shows all of them (and the tables cost one database set-up per backend, 
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from support.wait import wait_for_status
+from support.workers import ghost
 from tideflow import TaskManager
 from tideflow.errors import (
     HandlerRegistrationError,
@@ -481,3 +484,250 @@ def test_a_stopped_manager_cannot_start_again(make_manager: Any) -> None:
         tm.start()
     task_id = tm.submit("job")
     assert tm.get_task(task_id).status == "pending"
+
+
+# --------------------------------------------------------------------------------------------
+# bounded input (issue 10): time options past 100 years, payloads nested past 100 levels
+
+FAR = 1e300  # seconds: once accepted, it broke every listing ("year 33715 is out of range")
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def refused_at_bound(label: str, call: Callable[[], Any]) -> Case:
+    return (label, InvalidOptionError, call)
+
+
+def test_time_options_past_the_bound_at_submit_and_cron(tm: Any) -> None:
+    bad: dict[str, dict[str, Any]] = {
+        "delay 1e300": {"delay": FAR},
+        "delay inf": {"delay": float("inf")},
+        "delay 101 years": {"delay": timedelta(days=36525 + 366)},
+        "run_at year 9999": {"run_at": datetime(9999, 1, 1, tzinfo=ZoneInfo("UTC"))},
+        "run_at year 1": {"run_at": datetime(1, 1, 1, tzinfo=ZoneInfo("Asia/Tokyo"))},
+        "timeout": {"timeout": FAR},
+        "retry_interval": {"retry_interval": FAR},
+        "max_retry_interval": {"max_retry_interval": float("inf")},
+    }
+    cases: list[Case] = []
+    for label, options in bad.items():
+        cases.append(
+            refused_at_bound(f"submit {label}", lambda o=options: tm.submit("job", {}, **o))
+        )
+        cases.append(
+            refused_at_bound(
+                f"submit_many {label}", lambda o=options: tm.submit_many([("job", {}, o)])
+            )
+        )
+        cases.append(
+            refused_at_bound(
+                f"submit_many shared {label}",
+                lambda o=options: tm.submit_many([("job", {}), {"name": "job"}], **o),
+            )
+        )
+    for name in ("timeout", "retry_interval", "max_retry_interval"):
+        cases.append(
+            refused_at_bound(
+                f"cron {name}", lambda n=name: tm.cron("job", "0 0 3 * * *", **{n: FAR})
+            )
+        )
+    assert_all_refused(tm, cases)
+    with pytest.raises(InvalidOptionError) as caught:
+        tm.submit("job", delay=FAR)
+    assert "'delay'" in str(caught.value)
+    assert "1e+300" in str(caught.value)
+    assert "100 years" in str(caught.value)
+    # the largest allowed values still make readable rows
+    limit = 36525 * 86400
+    ids = [
+        tm.submit("job", delay=limit - 60, timeout=limit, retry_interval=limit),
+        tm.submit("job", run_at=datetime.now(ZoneInfo("UTC")) + timedelta(days=36524)),
+    ]
+    assert all(tm.get_task(i).next_run_time.year < 2200 for i in ids)
+    assert {t.id for t in tm.get_tasks()} >= set(ids)
+
+
+def test_time_options_past_the_bound_at_registration(tm: Any) -> None:
+    def other(task: Any) -> None:
+        return None
+
+    refused = (InvalidOptionError, HandlerRegistrationError)
+    assert_all_refused(
+        tm,
+        [
+            ("use timeout", refused, lambda: tm.use("x", handler, timeout=FAR)),
+            (
+                "use dict retry_interval",
+                refused,
+                lambda: tm.use("x", {"handler": handler, "retry_interval": float("inf")}),
+            ),
+            (
+                "bulk max_retry_interval",
+                refused,
+                lambda: tm.use({"x": {"handler": handler, "max_retry_interval": FAR}}),
+            ),
+            ("decorator timeout", refused, lambda: tm.task("x", timeout=FAR)(other)),
+        ],
+    )
+    with pytest.raises(HandlerRegistrationError):
+        tm.submit("x")  # none of them registered
+
+
+def test_time_options_past_the_bound_on_the_manager(tm: Any, make_manager: Any) -> None:
+    for options in (
+        {"poll_interval": FAR},
+        {"task_heartbeat_interval": FAR},
+        {"task_heartbeat_timeout": float("inf")},
+        {"worker_heartbeat_interval": FAR},
+        {"worker_heartbeat_timeout": timedelta(days=40_000)},
+        {"timeout": FAR},
+        {"retry_interval": FAR},
+        {"max_retry_interval": FAR},
+        {"expire_time": FAR},
+        {"retention": FAR},
+        {"retention": {"expire_time": FAR}},
+        {"retention_interval": FAR},
+    ):
+        with pytest.raises(InvalidOptionError, match="100 years"):
+            make_manager(**options)
+    assert_all_refused(
+        tm,
+        [
+            (
+                f"configure_worker {key}",
+                InvalidOptionError,
+                lambda key=key: tm.configure_worker(retry_strategy={key: FAR}),
+            )
+            for key in ("interval", "max_interval")
+        ]
+        + [
+            (
+                "run_retention expire_time",
+                InvalidOptionError,
+                lambda: tm.run_retention({"expire_time": FAR}),
+            ),
+            ("run_retention now", InvalidOptionError, lambda: tm.run_retention({"now": FAR})),
+        ],
+    )
+    info = tm.get_task(tm.submit("job"))
+    assert (info.retry_interval, info.timeout) == (0.0, 60.0)  # the defaults are unchanged
+
+
+def test_a_child_spec_past_the_bound_fails_the_parent_and_creates_nothing(
+    make_manager: Any,
+) -> None:
+    tm = make_manager(max_retries=1)
+    tm.use("job", handler)
+    tm.use("parent", lambda task: task.next([{"name": "job", "delay": FAR}]))
+    tm.start()
+    parent = tm.submit("parent")
+    info = wait_for_status(tm, parent, "permanently_failed")
+    assert "InvalidOptionError" in info.error
+    assert "'delay'" in info.error
+    assert "100 years" in info.error
+    assert tm.get_child_tasks(parent) == []
+
+
+def test_payloads_nested_past_the_bound_are_refused(tm: Any) -> None:
+    deep = nested(101)
+    very_deep = nested(20_000)
+    assert_all_refused(
+        tm,
+        [
+            ("submit 101 levels", PayloadError, lambda: tm.submit("job", deep)),
+            ("submit 20,000 levels", PayloadError, lambda: tm.submit("job", very_deep)),
+            ("submit_many", PayloadError, lambda: tm.submit_many([("job", {}), ("job", deep)])),
+            ("cron", PayloadError, lambda: tm.cron("job", "0 0 3 * * *", {"deep": deep})),
+        ],
+    )
+    ok = tm.submit("job", nested(100))
+    assert tm.get_task(ok).payload == nested(100)
+
+
+def test_a_result_nested_past_the_bound_fails_the_attempt(make_manager: Any) -> None:
+    tm = make_manager(max_retries=1)
+    tm.use("deep", lambda task: nested(101))
+    tm.start()
+    task_id = tm.submit("deep")
+    info = wait_for_status(tm, task_id, "permanently_failed")
+    assert "PayloadError" in info.error
+    assert "at most 100 levels" in info.error
+    assert info.result is None
+
+
+# --------------------------------------------------------------------------------------------
+# rows that cannot be decoded (an older version's or hand-edited) never break a listing
+
+
+def raw_update(tm: Any, table: str, column: str, value: Any, key: str, key_value: Any) -> None:
+    """Write ``value`` into one column as a hand edit would, past every check."""
+    store = tm._store
+    with store._write() as cur:
+        cur.execute(
+            store._q(f"UPDATE {table} SET {column} = ? WHERE {key} = ?"), (value, key_value)
+        )
+
+
+def test_corrupt_task_rows_still_list_and_say_what_is_unreadable(
+    tm: Any, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_payload = tm.submit("job", {"a": 1})
+    far_future = tm.submit("job", {"b": 2})
+    bad_result = tm.submit("job", {"c": 3})
+    raw_update(tm, "tideflow_tasks", "payload", "{bad", "id", bad_payload)
+    raw_update(tm, "tideflow_tasks", "next_run_time", FAR, "id", far_future)
+    raw_update(tm, "tideflow_tasks", "result", "[1,", "id", bad_result)
+
+    listed = {t.id: t for t in tm.get_tasks()}
+    assert {bad_payload, far_future, bad_result} <= set(listed)
+    assert {t.id for t in tm.query_tasks(limit=None).items} == set(listed)
+    assert {t.id for t in tm.get_tasks_by_status("pending")} == set(listed)
+    assert {t.id for t in tm.get_tasks_by_name("job")} == set(listed)
+
+    info = tm.get_task(bad_payload)
+    assert info.payload is None
+    assert set(info.unreadable) == {"payload"}
+    assert "'{bad'" in info.unreadable["payload"]
+    assert "cannot be decoded" in info.unreadable["payload"]
+    info = tm.get_task(far_future)
+    assert info.next_run_time is None
+    assert info.payload == {"b": 2}
+    assert set(info.unreadable) == {"next_run_time"}
+    assert "1e+300" in info.unreadable["next_run_time"]
+    assert "9999" in info.unreadable["next_run_time"]
+    assert set(tm.get_task(bad_result).unreadable) == {"result"}
+    assert tm.get_task(bad_payload).to_dict()["unreadable"]["payload"].startswith("'{bad'")
+    assert tm.get_task_audit(bad_payload).task.unreadable.keys() == {"payload"}
+
+    if ":memory:" in db_url:
+        return  # the command line opens its own connection: a private database is not shared
+    from tideflow.cli.main import main
+
+    assert main(["tasks", "list", "--db", db_url, "--limit", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"unreadable payload (see tasks show {bad_payload})" in out
+    assert f"unreadable next_run_time (see tasks show {far_future})" in out
+    assert main(["tasks", "list", "--db", db_url, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["id"]: r["unreadable"] for r in rows}[bad_payload].keys() == {"payload"}
+    assert main(["tasks", "show", str(bad_payload), "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable payload: '{bad' cannot be read" in out
+
+
+def test_a_corrupt_worker_row_still_lists(tm: Any) -> None:
+    now = time.time()
+    ghost(tm, "odd-worker", last_seen=now)
+    raw_update(tm, "tideflow_workers", "capabilities", "gpu", "worker_id", "odd-worker")
+    raw_update(tm, "tideflow_workers", "expires_at", FAR, "worker_id", "odd-worker")
+    (worker,) = [w for w in tm.get_workers() if w.worker_id == "odd-worker"]
+    assert worker.capabilities == ()
+    assert worker.expires_at is None
+    assert set(worker.unreadable) == {"capabilities", "expires_at"}
+    assert "'gpu'" in worker.unreadable["capabilities"]
+    assert tm.get_worker("odd-worker").unreadable.keys() == {"capabilities", "expires_at"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,18 +11,23 @@ from typing import Any
 
 import pytest
 
+from tideflow.core.cron import next_tick
 from tideflow.core.options import (
     MANAGER_OPTIONS,
+    MAX_DURATION_SECONDS,
     REGISTRATION_OPTIONS,
     TASK_OPTIONS,
     UNSET,
     ManagerSettings,
     TaskPolicy,
+    latest_time,
     resolve_policy,
+    retention_cutoff,
     schedule_time,
     validate_options,
 )
-from tideflow.errors import InvalidOptionError
+from tideflow.core.retry import retry_delay
+from tideflow.errors import InvalidCronError, InvalidOptionError
 
 NOW = 1_700_000_000.0
 
@@ -603,3 +609,122 @@ def test_delay_and_run_at_together_is_an_error() -> None:
 def test_validated_timedelta_delay_schedules() -> None:
     opts = task(delay=timedelta(minutes=1))
     assert schedule_time(NOW, opts["delay"], opts.get("run_at")) == NOW + 60.0
+
+
+# --- upper bounds of time options (issue 10) --------------------------------------------------
+DURATION_OPTIONS = {
+    "task": ("delay", "timeout", "retry_interval", "max_retry_interval"),
+    "registration": ("timeout", "retry_interval", "max_retry_interval"),
+    "manager": (
+        "timeout",
+        "retry_interval",
+        "max_retry_interval",
+        "poll_interval",
+        "task_heartbeat_interval",
+        "task_heartbeat_timeout",
+        "worker_heartbeat_interval",
+        "worker_heartbeat_timeout",
+        "expire_time",
+        "retention_interval",
+        "retention",
+    ),
+}
+TOO_LONG = [
+    MAX_DURATION_SECONDS + 1,
+    1e300,
+    float("inf"),
+    timedelta(days=36526),
+    timedelta.max,
+    10**400,
+]
+
+
+@pytest.mark.parametrize(
+    ("scope", "name"), [(s, n) for s, names in DURATION_OPTIONS.items() for n in names]
+)
+@pytest.mark.parametrize("value", TOO_LONG, ids=lambda v: repr(v)[:24])
+def test_durations_past_the_bound_are_refused(scope: str, name: str, value: Any) -> None:
+    with pytest.raises(InvalidOptionError) as caught:
+        validate_options({name: value}, SCOPES[scope], scope)
+    message = str(caught.value)
+    assert repr(name) in message
+    assert "100 years" in message
+    assert str(MAX_DURATION_SECONDS) in message
+
+
+@pytest.mark.parametrize(
+    ("scope", "name"), [(s, n) for s, names in DURATION_OPTIONS.items() for n in names]
+)
+def test_the_bound_itself_is_allowed(scope: str, name: str) -> None:
+    checked = validate_options({name: MAX_DURATION_SECONDS}, SCOPES[scope], scope)
+    assert checked[name] == MAX_DURATION_SECONDS
+
+
+def test_the_bound_is_a_hundred_years_and_keeps_times_far_from_year_9999() -> None:
+    assert MAX_DURATION_SECONDS == 100 * 365.25 * 86400
+    assert datetime.fromtimestamp(latest_time(), UTC).year < 2200
+
+
+def test_the_message_names_the_value_given() -> None:
+    with pytest.raises(InvalidOptionError, match=r"'delay'.*got 1e\+300"):
+        task(delay=1e300)
+
+
+@pytest.mark.parametrize(
+    "run_at",
+    [
+        datetime(9999, 12, 31, tzinfo=UTC),
+        datetime.now(UTC) + timedelta(days=36525, hours=1),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+        datetime(1969, 12, 31, 23, 59, tzinfo=UTC),
+    ],
+    ids=["year 9999", "just past the bound", "year 1", "before 1970"],
+)
+def test_run_at_outside_the_window_is_refused(run_at: datetime) -> None:
+    with pytest.raises(InvalidOptionError, match=r"'run_at' must lie between 1970.* from now"):
+        task(run_at=run_at)
+
+
+def test_run_at_inside_the_window_is_kept() -> None:
+    soon = datetime.now(UTC) + timedelta(days=36524)
+    assert task(run_at=soon)["run_at"] == soon
+
+
+def test_manager_settings_refuse_durations_past_the_bound() -> None:
+    for options in (
+        {"poll_interval": 1e12},
+        {"retention": {"expire_time": 1e300}},
+        {"retention": float("inf")},
+        {"worker_heartbeat_timeout": timedelta(days=40000)},
+    ):
+        with pytest.raises(InvalidOptionError, match="100 years"):
+            ManagerSettings.from_options(options)
+
+
+def test_retention_policy_is_bounded() -> None:
+    settings = ManagerSettings.from_options({})
+    with pytest.raises(InvalidOptionError, match=r"'expire_time'.*100 years"):
+        retention_cutoff(settings, {"expire_time": 1e300}, NOW)
+    for now in (1e300, float("inf"), -1.0, datetime(9999, 1, 1, tzinfo=UTC)):
+        with pytest.raises(InvalidOptionError, match="now"):
+            retention_cutoff(settings, {"now": now}, NOW)
+    assert retention_cutoff(settings, {"now": NOW, "expire_time": 10}, 0.0)[0] == NOW - 10
+
+
+def test_computed_retry_delays_stay_within_the_bound() -> None:
+    rng = random.Random(1)
+    # a row written before the bound existed may hold any interval
+    for backoff in ("fixed", "exponential"):
+        delay = retry_delay(5000, 1e300, backoff, 1e300, False, rng)
+        assert delay == MAX_DURATION_SECONDS
+        assert datetime.fromtimestamp(NOW + delay, UTC).year < 2200
+    assert retry_delay(3, 10.0, "exponential", 3600.0, False, rng) == 40.0
+
+
+def test_a_cron_tick_past_the_horizon_is_refused() -> None:
+    near_the_end = latest_time() - 3600
+    with pytest.raises(InvalidCronError, match=r"beyond the scheduling bound of 100 years"):
+        next_tick("0 0 1 1 *", "UTC", near_the_end)  # the next 1 January is past the bound
+    with pytest.raises(InvalidOptionError, match="at most 100 years from now"):
+        next_tick("* * * * *", "UTC", 1e300)
+    assert next_tick("* * * * *", "UTC", NOW) == NOW + 40  # 1_700_000_000 is hh:mm:20

@@ -374,7 +374,7 @@ def _summary(
         out.write(f"  {first}\n")
     _priority_note(out, tasks)
     for t in tasks:
-        if t.name == "cleanup" and t.start_time is not None:
+        if t.name == "cleanup" and t.start_time is not None and t.created_at is not None:
             wait = (t.start_time - t.created_at).total_seconds()
             out.write(f"Delayed: task {t.id} (cleanup, delay=1) started {wait:.2f}s after submit\n")
     for t in tasks:

@@ -179,6 +179,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _detail(task: TaskInfo) -> str:
+    if task.unreadable:
+        return f"unreadable {', '.join(task.unreadable)} (see tasks show {task.id})"
     if task.status in ("permanently_failed", "failed", "timeout") and task.error:
         return one_line(task.error, 50)
     if task.status == "suspended":
@@ -249,6 +251,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         fields.append(("context", f"{len(task.context)} bytes"))
     fields.append(("payload", json.dumps(task.payload, ensure_ascii=False, default=str)))
     fields.append(("result", json.dumps(task.result, ensure_ascii=False, default=str)))
+    for field, reason in task.unreadable.items():
+        fields.append((f"unreadable {field}", reason))
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         out.write(f"{key.rjust(width)}: {value}\n")
@@ -391,6 +395,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for w in active:
         caps = f" capabilities={','.join(w.capabilities)}" if w.capabilities else ""
         caps += f" pod={w.pod_id}" if w.pod_id else ""
+        caps += f" unreadable={','.join(w.unreadable)}" if w.unreadable else ""
         out.write(
             f"  {w.worker_id} pid={w.pid} concurrency={w.concurrency}{caps}"
             f" handlers={','.join(w.handlers) or '-'} last seen {when(w.last_seen_at)}\n"

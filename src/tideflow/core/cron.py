@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from tideflow.core.options import latest_time
 from tideflow.errors import InvalidCronError, InvalidOptionError
 
 __all__ = ["next_tick", "validate_cron", "validate_tz"]
@@ -94,13 +95,27 @@ def next_tick(expr: str, tz: str, after: float) -> float:
     """Return the POSIX time of ``expr``'s first tick in zone ``tz`` strictly after ``after``."""
     schedule = _parse(expr)
     zone = _zone(tz)
-    if not math.isfinite(after):
-        raise InvalidOptionError(f"after must be a finite POSIX timestamp, got {after!r}")
+    latest = latest_time()
+    if not math.isfinite(after) or after > latest:
+        raise InvalidOptionError(
+            f"after must be a finite POSIX timestamp at most 100 years from now ({latest:.0f}),"
+            f" got {after!r}"
+        )
+    tick = _next_tick(schedule, zone, expr, after)
+    if tick > latest:
+        raise InvalidCronError(
+            f"cron expression {expr!r}: its next tick after {after!r} ({tick:.0f}) lies beyond"
+            f" the scheduling bound of 100 years from now ({latest:.0f})"
+        )
+    return tick
+
+
+def _next_tick(schedule: _Schedule, zone: ZoneInfo, expr: str, after: float) -> float:
     start: float = after
     try:
         while True:
             it = croniter(schedule.croniter_expr, datetime.fromtimestamp(start, zone))
-            tick = it.get_next(float)
+            tick: float = it.get_next(float)
             if not schedule.fixed_hours:
                 return tick
             local = datetime.fromtimestamp(tick, zone)

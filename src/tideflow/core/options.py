@@ -11,20 +11,23 @@ import dataclasses
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from tideflow.errors import InvalidOptionError
 
 __all__ = [
     "MANAGER_OPTIONS",
+    "MAX_DURATION_SECONDS",
     "REGISTRATION_OPTIONS",
     "TASK_OPTIONS",
     "UNSET",
     "ManagerSettings",
     "TaskPolicy",
+    "latest_time",
     "positive_seconds",
     "resolve_policy",
     "retention_cutoff",
@@ -53,20 +56,51 @@ class _Unset:
 UNSET: Final = _Unset()
 
 PRIORITY_MIN, PRIORITY_MAX = -20, 20
+
+#: The longest any time option may be: 100 years (36,525 days) in seconds. Every duration
+#: (``delay``, ``timeout``, ``retry_interval``, heartbeats, ``expire_time``...) is at most this,
+#: and every scheduled time (``run_at``, a cron tick, a retry) at most this far from now, so any
+#: stored time stays far inside what ``datetime`` can represent (year 9999).
+MAX_DURATION_SECONDS: Final = 36525 * 86400
+_BOUND_TEXT = "100 years (3155760000 seconds)"
 BACKOFFS = ("fixed", "exponential")
 ISOLATIONS = ("thread", "process")
 
 
-def _number(name: str, value: Any, *, minimum: float = 0.0, positive: bool = False) -> float:
+def _number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float = 0.0,
+    positive: bool = False,
+    maximum: float = MAX_DURATION_SECONDS,
+) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and math.isnan(value))
+    ):
         raise InvalidOptionError(f"option {name!r} must be a number of seconds, got {value!r}")
     if positive and value <= 0:
         raise InvalidOptionError(f"option {name!r} must be greater than 0, got {value!r}")
     if value < minimum:
         raise InvalidOptionError(f"option {name!r} must be >= {minimum:g}, got {value!r}")
+    if value > maximum:
+        raise InvalidOptionError(
+            f"option {name!r} must be at most {_BOUND_TEXT}, got {value!r} seconds"
+        )
     return float(value)
+
+
+def latest_time(now: float | None = None) -> float:
+    """The latest POSIX time a task may be scheduled at: ``now`` + :data:`MAX_DURATION_SECONDS`."""
+    return (time.time() if now is None else now) + MAX_DURATION_SECONDS
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _seconds(name: str, value: Any) -> float:
@@ -175,6 +209,13 @@ def _run_at(name: str, value: Any) -> datetime | None:
         raise InvalidOptionError(
             f"option {name!r} must be timezone-aware (e.g. datetime.now(timezone.utc)),"
             f" got naive {value!r}"
+        )
+    ts = value.timestamp()
+    latest = latest_time()
+    if not 0 <= ts <= latest:
+        raise InvalidOptionError(
+            f"option {name!r} must lie between 1970-01-01T00:00:00+00:00 and {_BOUND_TEXT}"
+            f" from now ({_iso(latest)}), got {value.isoformat()}"
         )
     return value
 
@@ -365,10 +406,16 @@ def retention_cutoff(
     if "now" in policy:
         given = policy["now"]
         if isinstance(given, datetime):
-            _run_at("now", given)  # refuses a naive datetime
+            _run_at("now", given)  # refuses a naive datetime or a time past the bound
             now = given.timestamp()
         else:
-            now = _number("now", given)
+            now = _number("now", given, minimum=-math.inf, maximum=math.inf)
+            latest = latest_time()
+            if not 0 <= now <= latest:
+                raise InvalidOptionError(
+                    f"retention 'now' must be a POSIX time between 0 and {_BOUND_TEXT} from now"
+                    f" ({latest:.0f}, {_iso(latest)}), got {given!r}"
+                )
     return now - expire, statuses
 
 
