@@ -8,7 +8,6 @@ import functools
 import inspect
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -434,7 +433,7 @@ class TaskManager:
     def submit(self, name: str, payload: Any = None, /, **options: Any) -> int:
         """Create a one-off task; returns its id (fib-flow's ``async()``)."""
         self._check_open()
-        task = self._plan(name, payload, options, now=time.time())
+        task = self._plan(name, payload, options, now=self._store.clock())
         self._ensure_setup()
         (task_id,) = self._store.insert_tasks([task])
         self._notify()
@@ -450,7 +449,7 @@ class TaskManager:
         ``(name, payload, options)`` or ``{"name":, "payload":, **options}``; ``options`` here
         apply to every item (an item's own options win)."""
         self._check_open()
-        now = time.time()
+        now = self._store.clock()
         planned: list[NewTask] = []
         for index, item in enumerate(items):
             if isinstance(item, Mapping):
@@ -484,7 +483,7 @@ class TaskManager:
         self._check_open()
         cron.validate_cron(expr)
         zone = cron.validate_tz(tz)
-        task = self._plan(name, payload, options, now=time.time(), cron_expr=expr, tz=zone)
+        task = self._plan(name, payload, options, now=self._store.clock(), cron_expr=expr, tz=zone)
         self._ensure_setup()
         (task_id,) = self._store.insert_tasks([task])
         self._notify()
@@ -498,7 +497,7 @@ class TaskManager:
             row = self._store.get_task(task_id)
             if row is None:
                 raise TaskNotFoundError(f"no task with id {task_id}")
-            changes = plan(row, time.time())
+            changes = plan(row, self._store.clock())
             if self._store.apply(changes)[0]:
                 self._notify()
                 if self._worker is not None and row.status == "running":
@@ -531,11 +530,11 @@ class TaskManager:
         # spawned children of its own) lost its guard: read the tree again and cancel what is
         # still live, until nothing is
         for _ in range(_CASCADE_TRIES):
-            changes = cascade(time.time())
+            changes = cascade(self._store.clock())
             if not changes:
                 return
             self._store.apply(changes)
-        left = [c.task_id for c in cascade(time.time())]
+        left = [c.task_id for c in cascade(self._store.clock())]
         if not left:
             return
         raise InvalidTransitionError(
@@ -645,7 +644,7 @@ class TaskManager:
             )
         self._check_open()
         self._ensure_setup()
-        now = time.time()
+        now = self._store.clock()
         first = int((now - window) // bucket) + 1
         last = int(now // bucket)
         finished = ("completed", "permanently_failed")
@@ -691,7 +690,7 @@ class TaskManager:
         the parents of live children). ``policy`` (``expire_time``, ``statuses``, ``now``, any
         subset) overrides the manager's ``retention`` for this run. Returns
         ``{"tasks_deleted", "events_deleted", "attempts_deleted"}``."""
-        before, statuses = retention_cutoff(self._settings, policy, time.time())
+        before, statuses = retention_cutoff(self._settings, policy, self._store.clock())
         self._check_open()
         self._ensure_setup()
         return retention.sweep(self._store, before, statuses)

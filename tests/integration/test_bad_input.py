@@ -731,3 +731,25 @@ def test_a_corrupt_worker_row_still_lists(tm: Any) -> None:
     assert set(worker.unreadable) == {"capabilities", "expires_at"}
     assert "'gpu'" in worker.unreadable["capabilities"]
     assert tm.get_worker("odd-worker").unreadable.keys() == {"capabilities", "expires_at"}
+
+
+def test_a_claimed_task_whose_payload_cannot_be_read_fails_and_blocks_nothing(
+    make_manager: Any,
+) -> None:
+    """The bad row's attempt fails with the reason; the rest of its claim batch runs."""
+    worker = make_manager()
+    worker.use("job", lambda task: task.payload)
+    worker.pause()
+    worker.start()
+    bad = worker.submit("job", {"a": 1}, max_retries=1)
+    good = [worker.submit("job", {"n": n}) for n in range(3)]
+    raw_update(worker, "tideflow_tasks", "payload", "{bad", "id", bad)
+    worker.resume()
+    for task_id in good:
+        assert (
+            wait_for_status(worker, task_id, "completed").result == worker.get_task(task_id).payload
+        )
+    info = wait_for_status(worker, bad, "permanently_failed")
+    assert info.error.startswith("PayloadError")
+    (attempt,) = worker.query_task_attempts(bad).items
+    assert attempt.outcome == "failed"

@@ -240,10 +240,16 @@ def after_failure(row: TaskRow) -> bool:
     )
 
 
-def claim(worker_id: str, now: float) -> Callable[[TaskRow], Change]:
-    """The plan for each row a worker claims."""
+def claim(worker_id: str, when: float) -> Callable[[TaskRow], Change]:
+    """The plan for each row a worker claims at about ``when``.
+
+    The store judges what is due with the database's clock, in the claim statement, which runs
+    after ``when`` was read: a row that became due in between starts at its due time, so no
+    task ever looks started before it was due."""
 
     def plan(row: TaskRow) -> Change:
+        due = row.next_run_time
+        now = when if due is None or due <= when else due
         facts = _AFTER_FAILURE if row.status != PENDING or after_failure(row) else _FRESH
         t = transition(Trigger.CLAIM, row.status, facts)
         attempt = row.attempt + 1

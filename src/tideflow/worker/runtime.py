@@ -419,9 +419,18 @@ class Worker:
             change = lifecycle.recover(row, self._now(), self.worker_id, "handler unregistered")
             self._completer.put(change)
             return
-        task = Task(
-            row, result=self._initial_result(row), state=state, write=self._store.append_event
-        )
+        try:
+            task = Task(
+                row,
+                result=self._initial_result(row),
+                state=state,
+                write=self._store.append_event,
+                awrite=lambda change: self._db(self._store.append_event, change),
+            )
+        except Exception as exc:  # e.g. a stored payload that cannot be decoded
+            log.error("task %s (%s) cannot be started: %s", row.id, row.name, exc)
+            self._completer.put(lifecycle.fail(row, format_error(exc), self._now(), self._rng))
+            return
         attempt = Attempt(row=row, registration=reg, task=task, state=state)
         self._active[row.id] = attempt
         self._inflight.add((row.id, row.attempt))
