@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any
 
@@ -79,3 +81,93 @@ def test_progress_after_losing_the_fence_raises_ownership_lost() -> None:
     with pytest.raises(OwnershipLostError):
         task.audit("CODE")
     assert len(writer.changes) == 1  # the second call knew it was lost and wrote nothing
+
+
+# --- aprogress / aaudit: the same checks, the write off the event loop ----------------------------
+class AsyncWriter(Writer):
+    """Records changes; ``write`` is the ``awrite`` a worker would pass."""
+
+    async def write(self, change: Change) -> int | None:
+        return self(change)
+
+
+def make_async_task(writer: Writer, awrite: Any = None) -> Task:
+    return Task(
+        ROW,
+        result=None,
+        state=AttemptState(time.monotonic() + 60),
+        write=writer,
+        awrite=awrite,
+    )
+
+
+def test_aprogress_and_aaudit_write_through_awrite_and_return_the_event_id() -> None:
+    writer = AsyncWriter()
+    task = make_async_task(writer, writer.write)
+
+    async def handler() -> list[int]:
+        return [
+            await task.aprogress("half", stage_name="resize", progress_percent=50),
+            await task.aaudit("CHECK", "a checkpoint", {"rows": 3}),
+        ]
+
+    assert asyncio.run(handler()) == [1, 2]
+    progress, checkpoint = writer.changes
+    assert progress.values["progress_text"] == "half"
+    assert progress.events[0].metadata == {
+        "stage_name": "resize",
+        "progress_text": "half",
+        "progress_percent": 50.0,
+    }
+    assert checkpoint.events[0].event_type == "task_checkpoint"
+    assert checkpoint.events[0].metadata == {"code": "CHECK", "rows": 3}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda task: task.aprogress("   "),
+        lambda task: task.aprogress(),
+        lambda task: task.aprogress(progress_percent=101),
+        lambda task: task.aaudit(""),
+        lambda task: task.aaudit("CODE", metadata={"bad": object()}),
+    ],
+)
+def test_async_calls_validate_like_the_sync_ones_and_write_nothing(call: Any) -> None:
+    writer = AsyncWriter()
+    task = make_async_task(writer, writer.write)
+    with pytest.raises(ValueError, match=r"progress|code|metadata"):
+        asyncio.run(call(task))
+    assert writer.changes == []
+
+
+def test_async_calls_are_fenced_like_the_sync_ones() -> None:
+    writer = AsyncWriter()
+    writer.lost = True
+    task = make_async_task(writer, writer.write)
+    with pytest.raises(OwnershipLostError):
+        asyncio.run(task.aprogress("x"))
+    with pytest.raises(OwnershipLostError):
+        asyncio.run(task.aaudit("CODE"))
+    assert len(writer.changes) == 1  # once lost, nothing more is written
+
+
+def test_aprogress_does_not_block_the_event_loop_during_the_write() -> None:
+    # without an awrite the sync writer runs in a thread; it waits until the loop has run
+    # something else, which it could not if the write ran on the loop
+    loop_ran = threading.Event()
+
+    def slow_write(change: Change) -> int | None:
+        if not loop_ran.wait(10):
+            raise AssertionError("the event loop was blocked while the progress was written")
+        return 7
+
+    task = make_async_task(slow_write)  # type: ignore[arg-type]
+
+    async def main() -> int:
+        pending = asyncio.ensure_future(task.aprogress("working"))
+        await asyncio.sleep(0)  # aprogress starts its write
+        loop_ran.set()  # this line runs only while the write is off the loop
+        return await pending
+
+    assert asyncio.run(main()) == 7

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tideflow.core import codec, lifecycle
@@ -58,6 +59,7 @@ class Task:
     """One task as seen by its handler during one attempt."""
 
     __slots__ = (
+        "_awrite",
         "_row",
         "_state",
         "_write",
@@ -86,10 +88,12 @@ class Task:
         result: Any,
         state: AttemptState,
         write: Callable[[Change], int | None],
+        awrite: Callable[[Change], Awaitable[int | None]] | None = None,
     ) -> None:
         self._row = row
         self._state = state
         self._write = write
+        self._awrite = awrite
         self.id = row.id
         self.name = row.name
         self.payload: Any = codec.decode(row.payload)
@@ -159,6 +163,33 @@ class Task:
     ) -> int:
         """Write a ``task_checkpoint`` event; returns the event id."""
         return self._written(self._write(self._audit_change(code, message, metadata)))
+
+    async def aprogress(
+        self,
+        text: str | None = None,
+        *,
+        stage_name: str | None = None,
+        progress_percent: float | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """:meth:`progress` for async handlers: the write runs off the event loop, so other
+        handlers keep running during its database round trip. Same checks, same fence, same
+        return value (the event id)."""
+        change = self._progress_change(text, stage_name, progress_percent, message, metadata)
+        return self._written(await self._write_off_loop(change))
+
+    async def aaudit(
+        self, code: str, message: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> int:
+        """:meth:`audit` for async handlers, its write off the event loop; returns the event id."""
+        change = self._audit_change(code, message, metadata)
+        return self._written(await self._write_off_loop(change))
+
+    async def _write_off_loop(self, change: Change) -> int | None:
+        if self._awrite is not None:
+            return await self._awrite(change)
+        return await asyncio.to_thread(self._write, change)
 
     def _progress_change(
         self,
