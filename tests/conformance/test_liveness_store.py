@@ -183,7 +183,7 @@ def test_orphaned_tasks_lists_tasks_of_workers_not_active_and_marks_nobody(store
 
 
 def test_task_heartbeats_are_judged_by_their_age_on_the_database_clock(store: Store) -> None:
-    task_id = submit(store)
+    task_id = submit(store, due_in=-600)
     (row,) = claim(store, "w1", plan_at=store.clock() - 120)  # heartbeat_at 2 minutes ago
     assert row.heartbeat_at is not None
     assert [t.id for t in store.running_tasks(heartbeat_older_than=60.0)] == [task_id]
@@ -295,7 +295,7 @@ def test_task_heartbeats_are_judged_right_on_a_skewed_host(
     server_store: Store, skewed: Callable[[], float]
 ) -> None:
     store = server_store
-    task_id = submit(store)
+    task_id = submit(store, due_in=-600)
     claim(store, "w1", plan_at=skewed() - 45)  # heartbeat_at 45 s ago, really
     assert [t.id for t in store.running_tasks(heartbeat_older_than=30.0)] == [task_id]
     before = skewed()

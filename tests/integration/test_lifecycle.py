@@ -646,24 +646,16 @@ def test_progress_and_audit_write_events(make_manager: Any) -> None:
     assert (progress.worker_id, checkpoint.worker_id) == (WORKER, WORKER)
 
 
-def test_async_handlers_write_progress_and_checkpoints_off_the_event_loop(
-    make_manager: Any,
-) -> None:
+def test_async_handlers_progress_joins_the_group_commit(make_manager: Any) -> None:
+    """aprogress/aaudit make no database call of their own: their events ride the worker's
+    next exchange, in order, before the outcome of the same attempt."""
     tm = make_manager(worker_id=WORKER)
     store = tm._store
-    write = store.append_event
-    writer_threads: list[int] = []
-
-    def recording_append_event(change: Any) -> Any:
-        writer_threads.append(threading.get_ident())
-        return write(change)
-
-    store.append_event = recording_append_event  # the worker passes it to each Task
-    loop_threads: list[int] = []
-    returned: list[int] = []
+    direct: list[Any] = []
+    store.append_event = lambda change: direct.append(change)  # the one-event write path
+    returned: list[Any] = []
 
     async def steps(task: Any) -> str:
-        loop_threads.append(threading.get_ident())
         returned.append(await task.aprogress("halfway", stage_name="resize", progress_percent=50))
         returned.append(await task.aaudit("CHECK_1", "first checkpoint", {"rows": 10}))
         return "done"
@@ -678,14 +670,16 @@ def test_async_handlers_write_progress_and_checkpoints_off_the_event_loop(
         "halfway",
         50,
     )
+    assert returned == [None, None]
+    assert direct == []  # no round trip of their own
     evs = events(tm, task_id)
-    assert [e.event_type for e in evs][3:5] == ["task_progress", "task_checkpoint"]
-    assert returned == [evs[3].id, evs[4].id]
+    assert [e.event_type for e in evs][3:6] == [
+        "task_progress",
+        "task_checkpoint",
+        "task_completed",
+    ]
     assert evs[4].metadata == {"code": "CHECK_1", "rows": 10}
     assert (evs[3].attempt, evs[3].worker_id) == (1, WORKER)
-    # both writes ran on a thread other than the event loop's
-    assert len(writer_threads) == 2
-    assert loop_threads[0] not in writer_threads
 
 
 def test_progress_and_audit_validate_their_input(make_manager: Any) -> None:

@@ -83,36 +83,36 @@ def test_progress_after_losing_the_fence_raises_ownership_lost() -> None:
     assert len(writer.changes) == 1  # the second call knew it was lost and wrote nothing
 
 
-# --- aprogress / aaudit: the same checks, the write off the event loop ----------------------------
-class AsyncWriter(Writer):
-    """Records changes; ``write`` is the ``awrite`` a worker would pass."""
+# --- aprogress / aaudit: the same checks, the write joins the worker's group commit ---------------
+class Queue(Writer):
+    """Records changes; ``enqueue`` is what a worker passes (its next group commit)."""
 
-    async def write(self, change: Change) -> int | None:
-        return self(change)
+    def enqueue(self, change: Change) -> None:
+        self(change)
 
 
-def make_async_task(writer: Writer, awrite: Any = None) -> Task:
+def make_async_task(writer: Writer, enqueue: Any = None) -> Task:
     return Task(
         ROW,
         result=None,
         state=AttemptState(time.monotonic() + 60),
         write=writer,
-        awrite=awrite,
+        enqueue=enqueue,
     )
 
 
-def test_aprogress_and_aaudit_write_through_awrite_and_return_the_event_id() -> None:
-    writer = AsyncWriter()
-    task = make_async_task(writer, writer.write)
+def test_aprogress_and_aaudit_queue_their_events_for_the_group_commit() -> None:
+    queue = Queue()
+    task = make_async_task(queue, queue.enqueue)
 
-    async def handler() -> list[int]:
+    async def handler() -> list[None]:
         return [
             await task.aprogress("half", stage_name="resize", progress_percent=50),
             await task.aaudit("CHECK", "a checkpoint", {"rows": 3}),
         ]
 
-    assert asyncio.run(handler()) == [1, 2]
-    progress, checkpoint = writer.changes
+    assert asyncio.run(handler()) == [None, None]
+    progress, checkpoint = queue.changes
     assert progress.values["progress_text"] == "half"
     assert progress.events[0].metadata == {
         "stage_name": "resize",
@@ -134,17 +134,17 @@ def test_aprogress_and_aaudit_write_through_awrite_and_return_the_event_id() -> 
     ],
 )
 def test_async_calls_validate_like_the_sync_ones_and_write_nothing(call: Any) -> None:
-    writer = AsyncWriter()
-    task = make_async_task(writer, writer.write)
+    queue = Queue()
+    task = make_async_task(queue, queue.enqueue)
     with pytest.raises(ValueError, match=r"progress|code|metadata"):
         asyncio.run(call(task))
-    assert writer.changes == []
+    assert queue.changes == []
 
 
 def test_async_calls_are_fenced_like_the_sync_ones() -> None:
-    writer = AsyncWriter()
+    writer = Writer()
     writer.lost = True
-    task = make_async_task(writer, writer.write)
+    task = make_async_task(writer)  # no worker queue: written from a thread, fenced
     with pytest.raises(OwnershipLostError):
         asyncio.run(task.aprogress("x"))
     with pytest.raises(OwnershipLostError):
@@ -164,10 +164,10 @@ def test_aprogress_does_not_block_the_event_loop_during_the_write() -> None:
 
     task = make_async_task(slow_write)  # type: ignore[arg-type]
 
-    async def main() -> int:
+    async def main() -> None:
         pending = asyncio.ensure_future(task.aprogress("working"))
         await asyncio.sleep(0)  # aprogress starts its write
         loop_ran.set()  # this line runs only while the write is off the loop
-        return await pending
+        await pending
 
-    assert asyncio.run(main()) == 7
+    asyncio.run(main())

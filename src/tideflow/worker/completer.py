@@ -37,6 +37,7 @@ class Completer:
         self._max_batch = max_batch
         self._queue: list[Item] = []
         self._in_flight = 0
+        self._busy: dict[int, int] = {}  # task id -> taken batches not yet resolved
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -47,14 +48,39 @@ class Completer:
         self._on_put()
 
     def pending(self) -> bool:
-        """Whether changes are queued and not yet taken."""
-        return bool(self._queue)
+        """Whether changes are queued that :meth:`take` would take now (a change waits while
+        its task has one in a batch on its way)."""
+        if not self._busy:
+            return bool(self._queue)
+        return any(change.task_id not in self._busy for change, _ in self._queue)
 
     def take(self) -> list[Item]:
-        """Take up to one batch of queued changes; :meth:`resolve` must follow."""
-        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+        """Take up to one batch of queued changes; :meth:`resolve` must follow.
+
+        A task with a change in a batch still on its way has none in this one: two exchanges
+        in flight never write one task row (which could deadlock them, or land out of order).
+        """
+        busy = self._busy
+        if not busy:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+        else:
+            batch, rest, held_back = [], [], set()
+            for item in self._queue:
+                task_id = item[0].task_id
+                if (
+                    len(batch) < self._max_batch
+                    and task_id not in busy
+                    and task_id not in held_back
+                ):
+                    batch.append(item)
+                else:
+                    held_back.add(task_id)
+                    rest.append(item)
+            self._queue = rest
         if batch:
             self._in_flight += 1
+            for change, _ in batch:
+                busy[change.task_id] = busy.get(change.task_id, 0) + 1
         return batch
 
     def resolve(self, batch: list[Item], held: Sequence[bool]) -> None:
@@ -66,6 +92,13 @@ class Completer:
     def _done(self, batch: list[Item]) -> None:
         if batch:
             self._in_flight -= 1
+            busy = self._busy
+            for change, _ in batch:
+                left = busy[change.task_id] - 1
+                if left:
+                    busy[change.task_id] = left
+                else:
+                    del busy[change.task_id]
         if not self._queue and not self._in_flight:
             self._idle.set()
 

@@ -425,7 +425,7 @@ class Worker:
                 result=self._initial_result(row),
                 state=state,
                 write=self._store.append_event,
-                awrite=lambda change: self._db(self._store.append_event, change),
+                enqueue=functools.partial(self._enqueue_event, state),
             )
         except Exception as exc:  # e.g. a stored payload that cannot be decoded
             log.error("task %s (%s) cannot be started: %s", row.id, row.name, exc)
@@ -440,6 +440,22 @@ class Worker:
         self._tasks.add(attempt.runner)
         if reg.is_async:
             self._watch(attempt)
+
+    def _enqueue_event(self, state: AttemptState, change: Change) -> None:
+        """Queue a progress or checkpoint event of a running attempt for the next group commit;
+        if its fence does not hold, the attempt learns it has lost the task."""
+        if threading.current_thread() is not self._thread:  # not on the worker's loop
+            if self._store.append_event(change) is None:
+                state.lost = True
+            return
+
+        def written(held: bool | BaseException) -> None:
+            if held is False:
+                state.lost = True
+            elif isinstance(held, BaseException):
+                log.warning("an event of task %s was not written: %s", change.task_id, held)
+
+        self._completer.put(change, written)
 
     # --- deadlines of async handlers ---------------------------------------------------------
     def _watch(self, a: Attempt) -> None:

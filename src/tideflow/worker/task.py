@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tideflow.core import codec, lifecycle
@@ -59,7 +59,7 @@ class Task:
     """One task as seen by its handler during one attempt."""
 
     __slots__ = (
-        "_awrite",
+        "_enqueue",
         "_row",
         "_state",
         "_write",
@@ -88,12 +88,12 @@ class Task:
         result: Any,
         state: AttemptState,
         write: Callable[[Change], int | None],
-        awrite: Callable[[Change], Awaitable[int | None]] | None = None,
+        enqueue: Callable[[Change], None] | None = None,
     ) -> None:
         self._row = row
         self._state = state
         self._write = write
-        self._awrite = awrite
+        self._enqueue = enqueue
         self.id = row.id
         self.name = row.name
         self.payload: Any = codec.decode(row.payload)
@@ -172,24 +172,27 @@ class Task:
         progress_percent: float | None = None,
         message: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> int:
-        """:meth:`progress` for async handlers: the write runs off the event loop, so other
-        handlers keep running during its database round trip. Same checks, same fence, same
-        return value (the event id)."""
+    ) -> None:
+        """:meth:`progress` for async handlers, with no database round trip on the event loop:
+        the event joins the worker's next group commit (with outcomes and claims, in order), so
+        it costs the handler next to nothing. Same checks as :meth:`progress`; once the attempt
+        is known to be fenced off it raises ``OwnershipLostError`` and writes nothing. It
+        returns no event id (the event is not written yet): :meth:`progress` returns one."""
         change = self._progress_change(text, stage_name, progress_percent, message, metadata)
-        return self._written(await self._write_off_loop(change))
+        await self._write_later(change)
 
     async def aaudit(
         self, code: str, message: str | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> int:
-        """:meth:`audit` for async handlers, its write off the event loop; returns the event id."""
-        change = self._audit_change(code, message, metadata)
-        return self._written(await self._write_off_loop(change))
+    ) -> None:
+        """:meth:`audit` for async handlers: the ``task_checkpoint`` event joins the worker's
+        next group commit, like :meth:`aprogress`."""
+        await self._write_later(self._audit_change(code, message, metadata))
 
-    async def _write_off_loop(self, change: Change) -> int | None:
-        if self._awrite is not None:
-            return await self._awrite(change)
-        return await asyncio.to_thread(self._write, change)
+    async def _write_later(self, change: Change) -> None:
+        if self._enqueue is not None:
+            self._enqueue(change)
+        else:  # not run by a worker (e.g. a test): write it from a thread
+            self._written(await asyncio.to_thread(self._write, change))
 
     def _progress_change(
         self,
