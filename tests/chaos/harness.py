@@ -102,9 +102,24 @@ class Cluster:
         self.workers: list[Worker] = []
         #: what the chaos did, in order, for failure messages: (real time, text)
         self.journal: list[tuple[float, str]] = []
+        #: (from, to, worker id or None for all): when a live worker may lose its attempts
+        #: (cut off from the database, or the server restarting); outside them only a killed
+        #: worker's attempts may end unfinished
+        self.excuses: list[tuple[float, float, str | None]] = []
 
     def note(self, text: str) -> None:
         self.journal.append((time.time(), text))
+
+    def excuse(self, start: float, end: float, worker: Worker | None = None) -> None:
+        """Attempts of ``worker`` (or of anyone) may be given up between ``start`` and ``end``
+        plus twice the heartbeat timeout and a second."""
+        limit = end + 2 * self.hb_timeout + 1
+        self.excuses.append((start, limit, None if worker is None else worker.worker_id))
+
+    def excused(self, worker_id: str, when: float) -> bool:
+        return any(
+            start <= when <= end and who in (None, worker_id) for start, end, who in self.excuses
+        )
 
     # --- processes -----------------------------------------------------------------------------
     def spawn(
@@ -277,6 +292,26 @@ def check_run(client: Any, ids: list[int], cluster: Cluster) -> dict[str, Any]:
                         f" on {b.worker} [{b.start:.3f}, {b.end:.3f}] ({b.how}) by"
                         f" {min(a.end, b.end) - b.start:.3f}s"
                     )
+
+    # outside the excused windows only a kill may cut an execution short: a live worker whose
+    # attempt was cancelled, or whose finished attempt was not the one that completed, was
+    # taken for dead (or superseded) while it was not
+    killed = {w.worker_id for w in cluster.workers if w.killed_at is not None}
+    completed_by = {}
+    for task_id in ids:
+        for a in client.query_task_attempts(task_id, outcome="completed").items:
+            completed_by[task_id] = (a.attempt, a.worker_id)
+    for e in executions:
+        if e.how == "killed" or cluster.excused(e.worker, e.end):
+            continue
+        if e.how != "ok" or (
+            completed_by.get(e.task) != (e.attempt, e.worker) and e.worker not in killed
+        ):
+            problems.append(
+                f"task {e.task}: attempt {e.attempt} on live worker {e.worker} ended {e.how}"
+                f" at {e.end:.3f} without being completed, outside any cut or restart"
+                f" (completed attempt: {completed_by.get(e.task)})"
+            )
 
     n_attempts = 0
     outcomes: Counter[str] = Counter()
