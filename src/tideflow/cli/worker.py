@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -11,18 +12,44 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
 from tideflow.cli.common import DB_ENV, CliError, add_db_option, redact, same_database
 from tideflow.manager import TaskManager
 
-__all__ = ["add_command", "load_app"]
+__all__ = ["add_command", "load_app", "run_with_reload"]
 
 log = logging.getLogger("tideflow.cli")
 
 # Set in the environment of the extra processes of --processes: they stop when the parent dies.
 _CHILD_ENV = "TIDEFLOW_WORKER_PARENT_PID"
+# Set in the environment of the worker that a --reload supervisor runs: it stops when that dies.
+_RELOAD_ENV = "TIDEFLOW_RELOAD_PARENT_PID"
+# What --reload watches: Python sources, outside these directories.
+_RELOAD_SUFFIXES = (".py", ".pyx", ".pyd")
+_RELOAD_IGNORE_DIRS = (
+    "__pycache__",
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    "site-packages",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".idea",
+    "node_modules",
+)
+# Seconds a stopping worker gets beyond --stop-timeout (to release attempts and close) before a
+# --reload supervisor kills it.
+_RELOAD_KILL_GRACE = 30.0
+RELOAD_INSTALL_HINT = "pip install 'tideflow[reload]'"
 
 
 def add_command(sub: Any) -> None:
@@ -61,6 +88,21 @@ def add_command(sub: Any) -> None:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="(default INFO)",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help=(
+            "development: restart the worker when a .py file of the current directory or of"
+            f" APP's package changes (needs watchfiles: {RELOAD_INSTALL_HINT})"
+        ),
+    )
+    p.add_argument(
+        "--reload-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --reload, also watch DIR (repeatable)",
     )
     p.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
@@ -179,6 +221,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    if args.reload_dir and not args.reload:
+        raise CliError("--reload-dir needs --reload")
+    if args.reload:
+        return _supervise(args)
     tm = load_app(args.app)
     if db is not None and not same_database(db, tm._store.safe_url):
         log.warning(
@@ -236,7 +282,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _run(tm: TaskManager, args: argparse.Namespace, signals: _Signals) -> None:
     """Start ``tm``, wait for a signal (or the parent's death), stop gracefully."""
-    parent = int(os.environ.get(_CHILD_ENV, "0"))
+    parent = int(os.environ.get(_CHILD_ENV) or os.environ.get(_RELOAD_ENV) or "0")
     tm.start()
     info = tm.get_worker(tm.worker_id)
     log.info(
@@ -266,3 +312,188 @@ def _run(tm: TaskManager, args: argparse.Namespace, signals: _Signals) -> None:
             args.stop_timeout,
         )
     tm.stop(args.stop_timeout)
+
+
+# --- --reload --------------------------------------------------------------------------------
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``tideflow worker APP --reload``: run the worker in a child process, restart it on
+    changes."""
+    if args.processes > 1:
+        raise CliError(
+            "--reload runs one worker process: drop --processes (or --reload, in production)"
+        )
+    if _CHILD_ENV in os.environ or _RELOAD_ENV in os.environ:
+        raise CliError("--reload cannot be used inside a worker started by tideflow")
+    paths = _watch_paths(args.app, args.reload_dir)
+    return run_with_reload(_reload_child_command(args), paths, args.stop_timeout)
+
+
+def _reload_child_command(args: argparse.Namespace) -> list[str]:
+    # The database travels in $TIDEFLOW_DB (set by cmd_worker), not argv.
+    cmd = [sys.executable, "-m", "tideflow.cli", "worker", args.app]
+    if args.concurrency is not None:
+        cmd += ["--concurrency", str(args.concurrency)]
+    if args.capabilities is not None:
+        cmd += ["--capabilities", args.capabilities]
+    if args.pod_id is not None:
+        cmd += ["--pod-id", args.pod_id]
+    return [*cmd, "--stop-timeout", str(args.stop_timeout), "--log-level", args.log_level]
+
+
+def _watch_paths(app: str, extra: Sequence[str]) -> list[str]:
+    """The current directory, the directory of APP's top-level package when it lives elsewhere
+    (not among installed packages), and ``extra``; none nested in another."""
+    candidates = [os.getcwd()]
+    top = app.partition(":")[0].split(".")[0]
+    spec = None
+    if top:
+        try:
+            spec = importlib.util.find_spec(top)  # a top-level name: imports nothing
+        except (ImportError, ValueError):
+            spec = None
+    if spec is not None:
+        locations = list(spec.submodule_search_locations or [])
+        if not locations and spec.origin and os.path.isfile(spec.origin):
+            locations = [os.path.dirname(spec.origin)]
+        installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+        for location in locations:
+            real = os.path.realpath(location)
+            if not any(_is_within(real, root) for root in installed):
+                candidates.append(real)
+    for directory in extra:
+        if not os.path.isdir(directory):
+            raise CliError(f"--reload-dir {directory!r} is not a directory")
+        candidates.append(directory)
+    paths: list[str] = []
+    for path in sorted({os.path.realpath(c) for c in candidates}, key=len):
+        if not any(_is_within(path, kept) for kept in paths):
+            paths.append(path)
+    return paths
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _reload_filter() -> Callable[[Any, str], bool]:
+    from watchfiles import DefaultFilter
+
+    base = DefaultFilter(ignore_dirs=_RELOAD_IGNORE_DIRS)
+
+    def accept(change: Any, path: str) -> bool:
+        return path.endswith(_RELOAD_SUFFIXES) and base(change, path)
+
+    return accept
+
+
+def run_with_reload(
+    argv: Sequence[str],
+    watch_paths: Sequence[str],
+    stop_timeout: float,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run the worker command ``argv`` as a child process; restart it whenever a Python file
+    under ``watch_paths`` changes, until SIGINT/SIGTERM. Returns the last child's exit code.
+
+    On a change the child gets SIGTERM, so a tideflow worker stops gracefully: its running
+    attempts get ``stop_timeout`` seconds to finish (their outcomes are written) and the rest are
+    released to be claimed again; once it has exited a new child starts with the new code. A
+    child that does not exit within ``stop_timeout`` + 30 s is killed (its attempts are then
+    recovered when their leases expire). A child that exits by itself (say, the application
+    failed to import) is restarted on the next change. SIGINT/SIGTERM to this process stop the
+    child the same way, then return; a second signal makes the child exit at once.
+
+    The child runs in its own session (a terminal's Ctrl-C reaches only this process, which
+    passes it on once) with ``$TIDEFLOW_RELOAD_PARENT_PID`` set, so a tideflow worker stops if
+    this process dies. Needs the ``watchfiles`` package (``pip install 'tideflow[reload]'``);
+    raises :class:`CliError` without it. Must run in the main thread (it handles signals).
+    """
+    try:
+        from watchfiles import watch
+    except ImportError:
+        raise CliError(
+            f"--reload needs the watchfiles package: {RELOAD_INSTALL_HINT}", code=1
+        ) from None
+    watch_log = logging.getLogger("watchfiles.main")
+    if watch_log.level == logging.NOTSET:
+        watch_log.setLevel(logging.WARNING)  # its "N changes detected" repeats our message
+    command = list(argv)
+    child_env = {**(os.environ if env is None else env), _RELOAD_ENV: str(os.getpid())}
+    stop = threading.Event()
+    state: dict[str, Any] = {"child": None, "signalled": False}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # second signal: the stopping child exits at once
+            child = state["child"]
+            if child is not None and child.poll() is None:
+                sys.stderr.write("tideflow worker: second signal, stopping the worker at once\n")
+                sys.stderr.flush()
+                child.send_signal(signal.SIGTERM)
+            return
+        log.info("%s received: stopping the worker", signal.Signals(signum).name)
+        stop.set()
+
+    def start() -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(command, env=child_env, start_new_session=True)
+        state["child"] = child
+        return child
+
+    def stop_child(child: subprocess.Popen[bytes]) -> int:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            return child.wait(timeout=stop_timeout + _RELOAD_KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            log.error(
+                "worker process %d did not stop within %gs; killing it",
+                child.pid,
+                stop_timeout + _RELOAD_KILL_GRACE,
+            )
+            child.kill()
+            return child.wait()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    child = None
+    try:
+        log.info(
+            "reload: watching %s for changes to Python files", ", ".join(map(str, watch_paths))
+        )
+        child = start()
+        reported = False
+        for changes in watch(
+            *watch_paths,
+            watch_filter=_reload_filter(),
+            stop_event=stop,
+            rust_timeout=500,
+            yield_on_timeout=True,
+            raise_interrupt=False,
+        ):
+            if stop.is_set():
+                break
+            code = child.poll()
+            if code is not None and not reported:
+                reported = True
+                log.warning(
+                    "reload: worker process %d exited with code %d; waiting for a change",
+                    child.pid,
+                    code,
+                )
+            if not changes:
+                continue
+            changed = sorted({os.path.relpath(path) for _, path in changes})
+            log.info("reload: %s changed; restarting the worker", ", ".join(changed))
+            stop_child(child)
+            if stop.is_set():
+                break
+            child = start()
+            reported = False
+        return stop_child(child)
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
