@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tideflow.errors import PermanentError
 from tideflow.manager import TaskManager
 from tideflow.models import (
     HandlerInfo,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HandlerInfo",
     "Page",
+    "PermanentError",
     "Status",
     "Task",
     "TaskAttempt",

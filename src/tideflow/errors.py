@@ -13,6 +13,7 @@ allowed. A call that raises writes nothing::
     ├── InvalidTransitionError     a call the state machine does not allow in the task's state
     ├── TaskTimeoutError           raised by task.check_timeout() past the attempt's timeout
     ├── OwnershipLostError         the attempt was fenced off (recovered, cancelled, paused...)
+    ├── PermanentError             raised BY a handler: fail the task now, no retry (subclass it)
     └── StoreError                 connection string or database problem (never shows a password)
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidTransitionError",
     "OwnershipLostError",
     "PayloadError",
+    "PermanentError",
     "StoreError",
     "TaskNotFoundError",
     "TaskTimeoutError",
@@ -71,6 +73,14 @@ class TaskTimeoutError(TideflowError):
 
 class OwnershipLostError(TideflowError):
     """The current attempt no longer owns its task (it was fenced off)."""
+
+
+class PermanentError(TideflowError):
+    """Raise it (or a subclass) from a handler to fail the task at once, whatever attempts it
+    has left: a one-off task ends ``permanently_failed``, a cron task is ``paused`` (as on its
+    last attempt). Its ``task_permanently_failed`` (or ``task_paused``) event says why:
+    ``{"reason": "no_retry", "exception": "pkg.module.Class", "rule": "PermanentError"}``.
+    A handler's ``no_retry_on=(...)`` / ``retry_on=(...)`` do the same for other exceptions."""
 
 
 class StoreError(TideflowError):

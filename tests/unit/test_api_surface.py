@@ -12,6 +12,7 @@ from tideflow import TaskManager
 EXPECTED_EXPORTS = {
     "HandlerInfo",
     "Page",
+    "PermanentError",
     "Status",
     "Task",
     "TaskAttempt",

@@ -533,6 +533,50 @@ class TestFail:
         assert meta is not None
         assert meta["timeout_type"] == "total"
 
+    def test_no_retry_fails_a_one_off_at_once_and_says_why(self) -> None:
+        row = running(max_retries=5, retry_count=0, retry_interval=10.0)
+        why = lifecycle.NoRetry("billing.errors.CardDeclined", "PermanentError")
+        change = lifecycle.fail(row, "CardDeclined: no", NOW, rng(), no_retry=why)
+        v = change.values
+        assert v["status"] == "permanently_failed"
+        assert "retry_count" not in v
+        assert "next_run_time" not in v
+        assert event_types(change) == ["task_failed", "task_permanently_failed"]
+        assert event(change, "task_permanently_failed").metadata == {
+            "reason": "no_retry",
+            "exception": "billing.errors.CardDeclined",
+            "rule": "PermanentError",
+        }
+        assert change.attempt_close == AttemptClose(1, "failed", NOW, "CardDeclined: no", False)
+
+    def test_no_retry_pauses_a_cron_task_with_attempts_left(self) -> None:
+        row = cron_row(max_retries=3, retry_count=0)
+        why = lifecycle.NoRetry("builtins.ValueError", "no_retry_on")
+        change = lifecycle.fail(row, "ValueError: bad", NOW, rng(), no_retry=why)
+        assert change.values["status"] == "paused"
+        assert event_types(change) == ["task_failed", "task_paused"]
+        meta = event(change, "task_paused").metadata
+        assert meta is not None
+        assert meta["reason"] == "no_retry"
+        assert meta["rule"] == "no_retry_on"
+
+    def test_no_retry_on_the_last_attempt_still_says_why(self) -> None:
+        row = running(max_retries=1)
+        why = lifecycle.NoRetry("builtins.KeyError", "retry_on")
+        change = lifecycle.fail(row, "KeyError: k", NOW, rng(), no_retry=why)
+        assert event(change, "task_permanently_failed").metadata == {
+            "reason": "no_retry",
+            "exception": "builtins.KeyError",
+            "rule": "retry_on",
+        }
+
+    def test_a_timeout_ignores_no_retry(self) -> None:
+        row = running(max_retries=3, retry_interval=1.0)
+        why = lifecycle.NoRetry("builtins.ValueError", "retry_on")
+        change = lifecycle.fail(row, "T: t", NOW, rng(), timed_out=True, no_retry=why)
+        assert change.values["status"] == "timeout"
+        assert event_types(change) == ["task_timed_out", "task_retry_scheduled"]
+
     @pytest.mark.parametrize("status", ["pending", "failed", "timeout", "suspended", "paused"])
     def test_fail_of_a_task_not_running_raises(self, status: str) -> None:
         with pytest.raises(InvalidTransitionError, match=status):

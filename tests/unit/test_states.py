@@ -2,7 +2,9 @@
 
 The expected table below is written from the SPEC, not from the code: one entry per SPEC row
 (split where the SPEC's attempt handling differs by source), with the guard written as the
-condition in the SPEC's "when" column over the three facts the guards may look at.
+condition in the SPEC's "when" column over the facts the guards may look at. Issue 11 (part 5)
+adds ``no_retry``: a failure the handler said must not be retried ends the task as its last
+attempt would, whatever attempts are left; a timeout is never ``no_retry``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,14 @@ ALL_STATUSES = (
 ALL_SOURCES = ("(new)", *ALL_STATUSES)
 
 ALL_FACTS = tuple(
-    Facts(is_cron=cron, attempts_left=left, awaiting_children=awaiting, after_failure=failed)
-    for cron, left, awaiting, failed in itertools.product((False, True), repeat=4)
+    Facts(
+        is_cron=cron,
+        attempts_left=left,
+        awaiting_children=awaiting,
+        after_failure=failed,
+        no_retry=no_retry,
+    )
+    for cron, left, awaiting, failed, no_retry in itertools.product((False, True), repeat=5)
 )
 
 
@@ -66,15 +74,23 @@ def cron(f: Facts) -> bool:
 
 
 def attempts_left(f: Facts) -> bool:
-    return f.attempts_left
+    return f.attempts_left and not f.no_retry
 
 
 def no_attempts_one_off(f: Facts) -> bool:
-    return not f.attempts_left and not f.is_cron
+    return not f.attempts_left and not f.no_retry and not f.is_cron
 
 
 def no_attempts_cron(f: Facts) -> bool:
-    return not f.attempts_left and f.is_cron
+    return not f.attempts_left and not f.no_retry and f.is_cron
+
+
+def no_retry_one_off(f: Facts) -> bool:
+    return f.no_retry and not f.is_cron
+
+
+def no_retry_cron(f: Facts) -> bool:
+    return f.no_retry and f.is_cron
 
 
 def awaiting_children(f: Facts) -> bool:
@@ -160,6 +176,17 @@ EXPECTED: tuple[Expected, ...] = (
         ("task_timed_out", "task_paused"),
         "timeout",
     ),
+    # running -> permanently_failed / paused at once: the failure must not be retried
+    # (issue 11: PermanentError, no_retry_on, retry_on), whatever attempts are left
+    Expected(
+        "fail",
+        (RUNNING,),
+        no_retry_one_off,
+        PERMANENTLY_FAILED,
+        ("task_failed", "task_permanently_failed"),
+        "failed",
+    ),
+    Expected("fail", (RUNNING,), no_retry_cron, PAUSED, ("task_failed", "task_paused"), "failed"),
     # running -> suspended: next(children) / task.suspend(reason)
     Expected(
         "spawn",
@@ -399,6 +426,22 @@ class TestGuards:
         facts = Facts(is_cron=True, attempts_left=False)
         assert transition(Trigger.FAIL, RUNNING, facts).events == ("task_failed", "task_paused")
         assert transition(Trigger.TIME_OUT, RUNNING, facts).target == PAUSED
+
+    def test_a_failure_not_to_retry_ends_at_once_whatever_attempts_are_left(self) -> None:
+        for left in (False, True):
+            one_off = transition(Trigger.FAIL, RUNNING, Facts(attempts_left=left, no_retry=True))
+            assert one_off.guard == "no_retry_one_off"
+            assert one_off.target == PERMANENTLY_FAILED
+            assert one_off.events == ("task_failed", "task_permanently_failed")
+            cron = transition(
+                Trigger.FAIL, RUNNING, Facts(is_cron=True, attempts_left=left, no_retry=True)
+            )
+            assert cron.guard == "no_retry_cron"
+            assert (cron.target, cron.events) == (PAUSED, ("task_failed", "task_paused"))
+
+    def test_a_timeout_is_never_no_retry(self) -> None:
+        with pytest.raises(InvalidTransitionError, match="'running'"):
+            transition(Trigger.TIME_OUT, RUNNING, Facts(attempts_left=True, no_retry=True))
 
     def test_success_of_one_off_completes_and_of_cron_reschedules(self) -> None:
         assert transition(Trigger.SUCCEED, RUNNING, Facts(is_cron=False)).target == COMPLETED

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from tideflow.core import retry
 from tideflow.core.options import TaskPolicy
@@ -28,6 +28,7 @@ from tideflow.models import TERMINAL_STATUSES, Status
 
 __all__ = [
     "AWAITING_SUBTASKS",
+    "NoRetry",
     "after_failure",
     "annotate",
     "cancel",
@@ -309,6 +310,14 @@ def complete(
     )
 
 
+class NoRetry(NamedTuple):
+    """Why a failure is not retried: the exception's full class path and the rule that said
+    so (``"PermanentError"``, ``"no_retry_on"`` or ``"retry_on"``)."""
+
+    exception: str
+    rule: str
+
+
 def fail(
     row: TaskRow,
     error: str,
@@ -317,20 +326,33 @@ def fail(
     *,
     timed_out: bool = False,
     timeout_type: str = "total",
+    no_retry: NoRetry | None = None,
 ) -> Change:
-    """The attempt raised ``error`` or (``timed_out``) ran past its limit."""
+    """The attempt raised ``error`` or (``timed_out``) ran past its limit.
+
+    ``no_retry`` (a failure only): the exception must not be retried, so the task fails at
+    once whatever attempts it has left; the final event's metadata says why
+    (``{"reason": "no_retry", "exception", "rule"}``).
+    """
     attempts_left = row.retry_count + 1 < max(row.max_retries, 1)
     t = transition(
         Trigger.TIME_OUT if timed_out else Trigger.FAIL,
         row.status,
-        Facts(is_cron=row.type == "cron", attempts_left=attempts_left),
+        Facts(
+            is_cron=row.type == "cron",
+            attempts_left=attempts_left,
+            no_retry=no_retry is not None and not timed_out,
+        ),
     )
     values = _touch(t, now, error=error)
     meta: dict[str, dict[str, Any]] = {
         "task_failed": {"error": error.split("\n", 1)[0]},
         "task_timed_out": {"timeout_type": timeout_type, "error": error.split("\n", 1)[0]},
     }
-    if attempts_left:
+    if no_retry is not None and not timed_out:
+        why = {"reason": "no_retry", "exception": no_retry.exception, "rule": no_retry.rule}
+        meta["task_permanently_failed"] = meta["task_paused"] = why
+    if "task_retry_scheduled" in t.events:
         retry_count = row.retry_count + 1
         delay = retry.retry_delay(
             retry_count,

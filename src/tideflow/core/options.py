@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from tideflow.core import payloads
 from tideflow.errors import InvalidOptionError
 
 __all__ = [
@@ -220,6 +221,22 @@ def _run_at(name: str, value: Any) -> datetime | None:
     return value
 
 
+def _exception_classes(name: str, value: Any) -> tuple[type[Exception], ...]:
+    items = value if isinstance(value, (tuple, list, set, frozenset)) else (value,)
+    bad = [v for v in items if not (isinstance(v, type) and issubclass(v, Exception))]
+    if bad or not items:
+        raise InvalidOptionError(
+            f"option {name!r} must be an exception class or a tuple of them (subclasses of"
+            f" Exception, e.g. (ConnectionError, TimeoutError)), got {value!r}"
+            + (
+                "; to retry nothing, raise tideflow.PermanentError or set max_retries=1"
+                if not items
+                else ""
+            )
+        )
+    return tuple(dict.fromkeys(items))
+
+
 def _retention(name: str, value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
@@ -244,6 +261,9 @@ _VALIDATORS: dict[str, Validator] = {
     "max_concurrent_tasks": _concurrency,
     "isolation": _choice(ISOLATIONS),
     "description": _text,
+    "retry_on": _exception_classes,
+    "no_retry_on": _exception_classes,
+    "payload_type": payloads.check_type,
     "poll_interval": _positive_seconds,
     "task_heartbeat_interval": _positive_seconds,
     "task_heartbeat_timeout": _positive_seconds,
@@ -274,7 +294,17 @@ TASK_OPTIONS: Final = frozenset(
     (*POLICY_OPTIONS, "tag", "requires", "unique_key", "delay", "run_at")
 )
 REGISTRATION_OPTIONS: Final = frozenset(
-    (*POLICY_OPTIONS, "tag", "requires", "max_concurrent_tasks", "isolation", "description")
+    (
+        *POLICY_OPTIONS,
+        "tag",
+        "requires",
+        "max_concurrent_tasks",
+        "isolation",
+        "description",
+        "retry_on",
+        "no_retry_on",
+        "payload_type",
+    )
 )
 MANAGER_OPTIONS: Final = frozenset(
     (

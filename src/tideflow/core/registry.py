@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ParamSpec, Protocol, TypeVar
 
+from tideflow.core import payloads
+from tideflow.core.lifecycle import NoRetry
 from tideflow.core.options import REGISTRATION_OPTIONS, validate_options
-from tideflow.errors import HandlerRegistrationError, InvalidOptionError
+from tideflow.errors import (
+    HandlerRegistrationError,
+    InvalidOptionError,
+    PayloadError,
+    PermanentError,
+)
 
-__all__ = ["Registration", "Registry", "validate_name"]
+__all__ = ["Registration", "Registry", "TaskFunction", "validate_name"]
 
 Handler = Callable[..., Any]
+
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
+PayloadT_contra = TypeVar("PayloadT_contra", contravariant=True)
+
+
+class TaskFunction(Protocol[P, R_co, PayloadT_contra]):
+    """What ``@tm.task(...)`` returns: the handler itself, still callable as before (so a test
+    can call it with ``make_task``), with ``.submit(payload, **options)``; with
+    ``payload_type=Model`` the payload is typed, so mypy refuses a wrong one."""
+
+    __name__: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def submit(self, payload: PayloadT_contra = ..., /, **options: Any) -> int:
+        """Submit a task to this handler; returns its id."""
+        ...
+
+
+def exception_path(error: BaseException) -> str:
+    """``module.Qualname`` of an exception's class (``builtins.ValueError``)."""
+    cls = type(error)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def validate_name(name: Any, what: str = "task name") -> str:
@@ -49,6 +81,34 @@ class Registration:
     @property
     def requires(self) -> tuple[str, ...]:
         return tuple(self.options.get("requires", ()))
+
+    @property
+    def payload_type(self) -> type | None:
+        """The handler's ``payload_type`` (a pydantic model or a dataclass), if any."""
+        value = self.options.get("payload_type")
+        return value if isinstance(value, type) else None
+
+    def prepare_payload(self, payload: Any) -> Any:
+        """The payload as it is stored: validated and serialised through ``payload_type``
+        (:class:`PayloadError` naming the field), or unchanged without one."""
+        tp = self.payload_type
+        if tp is None:
+            return payload
+        return payloads.dump(tp, payload, f"the payload of {self.name!r}")
+
+    def no_retry(self, error: BaseException) -> NoRetry | None:
+        """Why ``error`` raised by this handler must not be retried, or None if it may be:
+        a :class:`PermanentError`, an instance of ``no_retry_on``, or (with ``retry_on``)
+        not an instance of ``retry_on``, in that order."""
+        if isinstance(error, PermanentError):
+            return NoRetry(exception_path(error), "PermanentError")
+        never = self.options.get("no_retry_on")
+        if never and isinstance(error, never):
+            return NoRetry(exception_path(error), "no_retry_on")
+        only = self.options.get("retry_on")
+        if only and not isinstance(error, only):
+            return NoRetry(exception_path(error), "retry_on")
+        return None
 
 
 def _positional_count(handler: Handler) -> int:
@@ -105,18 +165,57 @@ def make_registration(name: Any, spec: Any, options: Mapping[str, Any]) -> Regis
         raise HandlerRegistrationError(
             f"handler {name!r}: isolation='process' is not available yet; use 'thread'"
         )
+    both = set(checked.get("retry_on", ())) & set(checked.get("no_retry_on", ()))
+    if both:
+        raise InvalidOptionError(
+            f"handler {name!r}: {', '.join(sorted(c.__name__ for c in both))} is in both"
+            " retry_on and no_retry_on; name each exception class in one of them (a subclass"
+            " in no_retry_on of a class in retry_on is fine: no_retry_on wins)"
+        )
     positional = _positional_count(spec)
     if positional < 1:
         raise HandlerRegistrationError(
             f"handler {name!r} must accept the task as its first positional parameter"
         )
+    is_async = _is_async(spec)
+    tp = checked.get("payload_type")
     return Registration(
         name=name,
-        handler=spec,
+        handler=spec if tp is None else _typed(spec, tp, name, is_async),
         options=checked,
-        is_async=_is_async(spec),
+        is_async=is_async,
         takes_next=positional >= 2,
     )
+
+
+def _typed(handler: Handler, tp: type, name: str, is_async: bool) -> Handler:
+    """``handler`` receiving ``task.payload`` as an instance of ``tp``. A stored payload that
+    does not fit (submitted around the check, or the type changed since) fails the task at
+    once: it would not fit on a retry either."""
+
+    def convert(task: Any) -> None:
+        try:
+            task.payload = payloads.load(
+                tp, task.payload, f"the stored payload of task {task.id} ({name})"
+            )
+        except PayloadError as exc:
+            raise PermanentError(str(exc)) from None
+
+    if is_async:
+
+        @functools.wraps(handler)
+        async def run_async(task: Any, *rest: Any) -> Any:
+            convert(task)
+            return await handler(task, *rest)
+
+        return run_async
+
+    @functools.wraps(handler)
+    def run(task: Any, *rest: Any) -> Any:
+        convert(task)
+        return handler(task, *rest)
+
+    return run
 
 
 class Registry:

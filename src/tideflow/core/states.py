@@ -57,6 +57,9 @@ class Facts(NamedTuple):
     #: ``timeout`` row says so by its status; a ``pending`` one after ``retry_task`` (or a
     #: ``resume_task`` of a paused task) by ``lifecycle.after_failure``
     after_failure: bool = False
+    #: a failure's: the handler's exception must not be retried (``PermanentError``, or the
+    #: handler's ``no_retry_on`` / ``retry_on``), whatever attempts are left
+    no_retry: bool = False
 
 
 NO_FACTS = Facts()
@@ -67,9 +70,11 @@ GUARDS: dict[str, Guard] = {
     "always": lambda f: True,
     "one_off": lambda f: not f.is_cron,
     "cron": lambda f: f.is_cron,
-    "attempts_left": lambda f: f.attempts_left,
-    "last_attempt_one_off": lambda f: not f.attempts_left and not f.is_cron,
-    "last_attempt_cron": lambda f: not f.attempts_left and f.is_cron,
+    "attempts_left": lambda f: f.attempts_left and not f.no_retry,
+    "last_attempt_one_off": lambda f: not f.attempts_left and not f.no_retry and not f.is_cron,
+    "last_attempt_cron": lambda f: not f.attempts_left and not f.no_retry and f.is_cron,
+    "no_retry_one_off": lambda f: f.no_retry and not f.is_cron,
+    "no_retry_cron": lambda f: f.no_retry and f.is_cron,
     "awaiting_children": lambda f: f.awaiting_children,
     "explicit_suspension": lambda f: not f.awaiting_children,
     "fresh_round": lambda f: not f.after_failure,
@@ -81,9 +86,11 @@ GUARD_TEXT: dict[str, str] = {
     "always": "always",
     "one_off": "it is a one-off task",
     "cron": "it is a cron task",
-    "attempts_left": "it has attempts left",
+    "attempts_left": "it has attempts left and its failure may be retried",
     "last_attempt_one_off": "it is a one-off task on its last attempt",
     "last_attempt_cron": "it is a cron task on its last attempt",
+    "no_retry_one_off": "it is a one-off task whose failure must not be retried",
+    "no_retry_cron": "it is a cron task whose failure must not be retried",
     "awaiting_children": "it waits for its children",
     "explicit_suspension": "it was suspended explicitly (a parent waiting for its children"
     " resumes by itself when they finish)",
@@ -142,6 +149,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row(Trigger.FAIL, (R,), "last_attempt_one_off", PF,
          ("task_failed", "task_permanently_failed"), "failed"),
     _row(Trigger.FAIL, (R,), "last_attempt_cron", PA, ("task_failed", "task_paused"), "failed"),
+    _row(Trigger.FAIL, (R,), "no_retry_one_off", PF,
+         ("task_failed", "task_permanently_failed"), "failed"),
+    _row(Trigger.FAIL, (R,), "no_retry_cron", PA, ("task_failed", "task_paused"), "failed"),
     _row(Trigger.TIME_OUT, (R,), "attempts_left", T,
          ("task_timed_out", "task_retry_scheduled"), "timeout"),
     _row(Trigger.TIME_OUT, (R,), "last_attempt_one_off", PF,

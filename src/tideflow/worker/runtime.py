@@ -609,7 +609,8 @@ class Worker:
         if isinstance(error, TaskTimeoutError):
             return lifecycle.fail(row, format_error(error), now, self._rng, timed_out=True)
         if error is not None:
-            return lifecycle.fail(row, format_error(error), now, self._rng)
+            no_retry = a.registration.no_retry(error)
+            return lifecycle.fail(row, format_error(error), now, self._rng, no_retry=no_retry)
         try:
             if isinstance(value, Next):
                 children = workflow.plan_children(
