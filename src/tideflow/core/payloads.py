@@ -91,15 +91,24 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _pydantic_errors(exc: Exception) -> str:
+def _pydantic_fields(exc: Exception, path: str = "") -> list[tuple[str, str]]:
+    """(field path, message) of the first few errors of a pydantic ``ValidationError``."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
-        return str(exc)
-    parts = []
+        return [(path, str(exc))]
+    out = []
     for err in errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(the payload)"
-        parts.append(f"field {loc!r}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+        where = path
+        for part in err.get("loc", ()):
+            where = _where(where, part)
+        out.append((where, str(err.get("msg", "invalid"))))
+    return out
+
+
+def _pydantic_errors(exc: Exception) -> str:
+    return "; ".join(
+        f"field {where!r}: {msg}" if where else msg for where, msg in _pydantic_fields(exc)
+    )
 
 
 def _build_dataclass(tp: type, data: Any, path: str) -> Any:
@@ -192,7 +201,8 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         try:
             return hint.model_validate(value)  # type: ignore[attr-defined]
         except Exception as exc:
-            raise _Mismatch(path, _pydantic_errors(exc)) from None
+            where, msg = _pydantic_fields(exc, path)[0]
+            raise _Mismatch(where, msg) from None
     if issubclass(hint, enum.Enum):
         if isinstance(value, hint):
             return value
@@ -235,10 +245,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _refuse(tp: type, what: str, problem: str) -> PayloadError:
     return PayloadError(
-        f"{what} does not fit {tp.__name__} ({type_name(tp)}): {problem}; pass a"
-        f" {tp.__name__} or a dict of its fields"
+        f"{what} does not fit {tp.__name__} ({type_name(tp)}): {problem}; pass"
+        f" {_article(tp.__name__)} {tp.__name__}(...) or a dict of its fields"
     )
 
 
@@ -247,7 +261,7 @@ def _validate(tp: type, value: Any, what: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise _refuse(tp, what, f"expected a {tp.__name__} or a dict, got {_shown(value)}")
+            raise _refuse(tp, what, f"got {_shown(value)}")
         try:
             return tp.model_validate(value)  # type: ignore[attr-defined]
         except Exception as exc:

@@ -7,7 +7,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from tideflow.core import payloads
 from tideflow.core.lifecycle import NoRetry
@@ -19,12 +19,22 @@ from tideflow.errors import (
     PermanentError,
 )
 
-__all__ = ["Registration", "Registry", "TaskFunction", "validate_name"]
+__all__ = [
+    "PayloadT",
+    "Registration",
+    "Registry",
+    "TaskFunction",
+    "task_function",
+    "validate_name",
+]
 
 Handler = Callable[..., Any]
 
 P = ParamSpec("P")
+R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+#: a handler's payload type, for ``@tm.task(payload_type=...)``
+PayloadT = TypeVar("PayloadT")
 PayloadT_contra = TypeVar("PayloadT_contra", contravariant=True)
 
 
@@ -40,6 +50,12 @@ class TaskFunction(Protocol[P, R_co, PayloadT_contra]):
     def submit(self, payload: PayloadT_contra = ..., /, **options: Any) -> int:
         """Submit a task to this handler; returns its id."""
         ...
+
+
+def task_function(fn: Callable[P, R], submit: Callable[..., int]) -> TaskFunction[P, R, Any]:
+    """``fn`` itself, given ``.submit`` (what ``@tm.task`` returns)."""
+    fn.submit = submit  # type: ignore[attr-defined]
+    return cast("TaskFunction[P, R, Any]", fn)
 
 
 def exception_path(error: BaseException) -> str:
