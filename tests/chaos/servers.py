@@ -3,9 +3,10 @@
 A restart needs the server on this machine and the rights to restart it (root, with
 ``pg_ctlcluster`` for PostgreSQL; the running ``mariadbd``/``mysqld`` process for MySQL, stopped
 with ``mysqladmin shutdown`` and started again as it was started, with ``start-stop-daemon``).
-When that is not possible the restart is skipped and says why; ``TIDEFLOW_CHAOS_RESTART=0``
-skips it on purpose. A restart disturbs every other client of the server, so a chaos run does
-it once per store. Whatever happens, the server is left running: a failed start is retried.
+When that is not possible the restart is skipped and says why. A restart disturbs every other
+client of the server, so a chaos run does it once per store, and only under ``CI=true`` or with
+``TIDEFLOW_CHAOS_RESTART=1`` (``TIDEFLOW_CHAOS_RESTART=0`` skips it even in CI). Whatever
+happens, the server is left running: a failed start is retried.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def _wait_answers(connect: Callable[[], Any], timeout: float) -> bool:
 
 def restart_possible() -> str | None:
     """None when restarts may be tried, else why not."""
-    if os.environ.get("TIDEFLOW_CHAOS_RESTART", "1") == "0":
+    wanted = os.environ.get("TIDEFLOW_CHAOS_RESTART")
+    if wanted == "0":
         return "TIDEFLOW_CHAOS_RESTART=0"
+    if wanted != "1" and os.environ.get("CI") != "true":
+        return "restarts disturb other users of the server: set TIDEFLOW_CHAOS_RESTART=1 (CI does)"
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "not root"
     return None
