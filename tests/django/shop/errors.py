@@ -1,0 +1,2 @@
+class ShopError(Exception):
+    """Raised by a task on purpose: its class path must reach Django's TaskError."""
