@@ -10,6 +10,8 @@ allowed. A call that raises writes nothing::
     │   └── InvalidStatusError     a status name that does not exist
     ├── PayloadError               payload/result not JSON-serialisable or over max_payload_bytes
     ├── TaskNotFoundError          a control call named a task id that does not exist
+    ├── TaskFailedError            tm.result() of a task that ended permanently_failed
+    ├── WaitTimeoutError           tm.wait() gave up before the task finished (also a TimeoutError)
     ├── InvalidTransitionError     a call the state machine does not allow in the task's state
     ├── TaskTimeoutError           raised by task.check_timeout() past the attempt's timeout
     ├── OwnershipLostError         the attempt was fenced off (recovered, cancelled, paused...)
@@ -18,6 +20,8 @@ allowed. A call that raises writes nothing::
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "HandlerRegistrationError",
@@ -29,9 +33,11 @@ __all__ = [
     "PayloadError",
     "PermanentError",
     "StoreError",
+    "TaskFailedError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "TideflowError",
+    "WaitTimeoutError",
 ]
 
 
@@ -61,6 +67,23 @@ class PayloadError(TideflowError, ValueError):
 
 class TaskNotFoundError(TideflowError, LookupError):
     """No task has the given id."""
+
+
+class TaskFailedError(TideflowError):
+    """``tm.result()`` of a task that ended ``permanently_failed`` (retries used up, cancelled,
+    or failed for good): ``task_id``, the stored ``error`` (``Type: message`` line, then the
+    traceback) and the final ``task`` (a :class:`~tideflow.models.TaskInfo`)."""
+
+    def __init__(self, message: str, *, task_id: int, error: str | None, task: Any) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.error = error
+        self.task = task
+
+
+class WaitTimeoutError(TideflowError, TimeoutError):
+    """``tm.wait()`` (or ``result``, ``wait_many``, their async twins) ran out of time before
+    the task was ``completed`` or ``permanently_failed``; the task goes on."""
 
 
 class InvalidTransitionError(TideflowError):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
+import math
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -40,8 +43,10 @@ from tideflow.errors import (
     HandlerRegistrationError,
     InvalidOptionError,
     InvalidTransitionError,
+    TaskFailedError,
     TaskNotFoundError,
     TideflowError,
+    WaitTimeoutError,
 )
 from tideflow.models import (
     TERMINAL_STATUSES,
@@ -195,6 +200,159 @@ def _ts(value: datetime | float | None, name: str) -> float | None:
     raise InvalidOptionError(f"{name} must be a datetime or POSIX seconds, got {value!r}")
 
 
+#: the first pause between two reads of a polled wait (SQLite, MySQL); it doubles up to the cap
+_POLL_FIRST = 0.01
+_POLL_CAP = 0.5
+#: the longest single sleep of a wait (a longer or unbounded timeout sleeps in such steps)
+_WAIT_STEP = 3600.0
+#: ids per read of a wait_many
+_READ_CHUNK = 500
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    """``timeout`` of a wait: None (no limit) or a number of seconds >= 0."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise InvalidOptionError(
+            f"timeout must be None (wait as long as it takes) or a number of seconds >= 0,"
+            f" got {timeout!r}"
+        )
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_wait_ids(task_ids: Any) -> list[int]:
+    """The ids of a ``wait_many``: an iterable (not a string) of positive integer ids."""
+    if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
+        raise InvalidOptionError(f"task_ids must be a list of task ids, got {task_ids!r}")
+    return [_check_wait_id(task_id) for task_id in task_ids]
+
+
+def _check_wait_id(task_id: Any) -> int:
+    checked = _check_id(task_id)
+    if checked <= 0:
+        raise InvalidOptionError(f"a task id is a positive integer, got {task_id!r}")
+    return checked
+
+
+def _still_hint(info: TaskInfo) -> str:
+    """What a task that is not finished is waiting for, and what to do about it."""
+    if info.status == "running":
+        return "its handler is still running"
+    if info.status == "suspended":
+        return f"it waits for its child tasks or for resume_task({info.id})"
+    if info.status == "paused":
+        return f"it is paused; resume_task({info.id}) lets it run"
+    return (
+        f"check that a worker with a handler for {info.name!r} is running"
+        " (tm.get_unserved_tasks() lists work no active worker can run)"
+    )
+
+
+def _timeout_error(infos: Sequence[TaskInfo], waited: float) -> WaitTimeoutError:
+    first = infos[0]
+    others = f" (and {len(infos) - 1} more unfinished)" if len(infos) > 1 else ""
+    return WaitTimeoutError(
+        f"task {first.id} ({first.name}) is still {first.status!r} after waiting {waited:g}s"
+        f"{others}: {_still_hint(first)}; wait longer (a larger timeout, or None) or look at"
+        f" tm.get_task_audit({first.id})"
+    )
+
+
+def _failed_error(info: TaskInfo) -> TaskFailedError:
+    error = info.error
+    line = (error or "no error was stored").strip().splitlines()[0] if error else None
+    return TaskFailedError(
+        f"task {info.id} ({info.name}) ended permanently_failed after {info.attempt}"
+        f" attempt(s): {line or 'no error was stored'}. The full error is in .error, its"
+        f" history in tm.get_task_audit({info.id}); tm.retry_task({info.id}) runs it again",
+        task_id=info.id,
+        error=error,
+        task=info,
+    )
+
+
+def _outcome(info: TaskInfo) -> Any:
+    """The result of a finished task, or :class:`TaskFailedError`."""
+    if info.status == "completed":
+        return info.result
+    raise _failed_error(info)
+
+
+class _Waiters:
+    """Who waits for which task; woken by the store's finish notifications (PostgreSQL NOTIFY).
+
+    One subscription per manager, taken at the first wait and kept until ``close``. A waiter
+    registers here before its first read and re-reads after every wake-up, so a task finishing
+    between the read and the wait still wakes it; when the store's channel (re)connects it
+    reports ``None`` ("anything may have finished") and every waiter re-reads.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._by_id: dict[int, list[Callable[[], None]]] = {}
+        self._every: dict[int, Callable[[], None]] = {}  # all wakes, by registration
+        self._next = 0
+        self._push: bool | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def push(self) -> bool:
+        """Whether finishes are pushed (else waits poll); subscribes on first use."""
+        with self._lock:
+            if self._push is None:
+                self._unsubscribe = self._store.watch_finished(self._finished)
+                self._push = self._unsubscribe is not None
+            return self._push
+
+    def add(self, task_ids: Iterable[int], wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` when one of ``task_ids`` may have finished; returns the removal."""
+        ids = set(task_ids)
+        with self._lock:
+            key = self._next
+            self._next += 1
+            self._every[key] = wake
+            for task_id in ids:
+                self._by_id.setdefault(task_id, []).append(wake)
+
+        def remove() -> None:
+            with self._lock:
+                self._every.pop(key, None)
+                for task_id in ids:
+                    wakes = self._by_id.get(task_id)
+                    if wakes is None:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        wakes.remove(wake)
+                    if not wakes:
+                        del self._by_id[task_id]
+
+        return remove
+
+    def _finished(self, task_ids: Iterable[int] | None) -> None:
+        with self._lock:
+            if task_ids is None:
+                wakes = list(self._every.values())
+            else:
+                wakes = [w for task_id in task_ids for w in self._by_id.get(task_id, ())]
+        for wake in wakes:
+            wake()
+
+    def close(self) -> None:
+        """Unsubscribe and wake every waiter (their next read says the manager is closed)."""
+        with self._lock:
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+            self._push = False
+        if unsubscribe is not None:
+            unsubscribe()
+        self._finished(None)
+
+
 class TaskManager:
     """Registers handlers, creates and controls tasks, answers queries, and runs a worker.
 
@@ -211,6 +369,7 @@ class TaskManager:
         self._state = "new"  # new -> started -> stopped -> closed
         self._worker: Worker | None = None
         self._paused = False
+        self._waiters = _Waiters(self._store)
 
     def __repr__(self) -> str:
         return f"<TaskManager {self._store.safe_url} {self._state}>"
@@ -282,6 +441,7 @@ class TaskManager:
             self.stop()
             self._store.close()
             self._state = "closed"
+        self._waiters.close()  # waiters wake and find the manager closed
 
     def __enter__(self) -> TaskManager:
         self.setup()
@@ -296,6 +456,21 @@ class TaskManager:
     ) -> None:
         self.stop()
         self.close()
+
+    async def __aenter__(self) -> TaskManager:
+        """``async with TaskManager(url) as tm:`` runs :meth:`setup` and :meth:`start` in a
+        thread, so the caller's event loop runs on meanwhile."""
+        await asyncio.to_thread(self.__enter__)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """:meth:`stop` (running attempts get their grace time) and :meth:`close`, in a thread."""
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
 
     def _check_open(self) -> None:
         if self._state == "closed":
@@ -923,6 +1098,143 @@ class TaskManager:
                 return worker
         return None
 
+    # --- waiting for results -------------------------------------------------------------------
+    def _read_waited(self, task_ids: Sequence[int]) -> dict[int, TaskInfo]:
+        """The current snapshots of ``task_ids``; TaskNotFoundError names any that is gone."""
+        self._check_open()
+        self._ensure_setup()
+        if len(task_ids) == 1:
+            row = self._store.get_task(task_ids[0])
+            rows = [] if row is None else [row]
+        else:
+            rows = []
+            for start in range(0, len(task_ids), _READ_CHUNK):
+                chunk = task_ids[start : start + _READ_CHUNK]
+                rows += self._store.query_tasks(TaskFilter(ids=chunk))[0]
+        found = {row.id: task_info(row) for row in rows}
+        missing = [task_id for task_id in task_ids if task_id not in found]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise TaskNotFoundError(
+                f"no task with id {missing[0]}{more} to wait for: it was never created here or"
+                " was deleted (retention deletes finished workflows after expire_time)"
+            )
+        return found
+
+    def wait_many(self, task_ids: Iterable[int], timeout: float | None = None) -> list[TaskInfo]:
+        """Block until every task of ``task_ids`` is ``completed`` or ``permanently_failed``;
+        their snapshots, in the order given. Raises :class:`WaitTimeoutError` (also a
+        builtin ``TimeoutError``) naming a task still unfinished after ``timeout`` seconds
+        (None: no limit), :class:`TaskNotFoundError` for an unknown id.
+
+        On PostgreSQL the wait sleeps until a NOTIFY says one of them finished (no polling
+        queries); SQLite and MySQL re-read with a backoff from 10 ms up to 0.5 s.
+        """
+        ids = _check_wait_ids(task_ids)
+        limit = _check_timeout(timeout)
+        self._check_open()
+        if not ids:
+            return []
+        pending = set(ids)
+        done: dict[int, TaskInfo] = {}
+        push = self._waiters.push()
+        woken = threading.Event()
+        remove = self._waiters.add(pending, woken.set)
+        try:
+            started = time.monotonic()
+            delay = _POLL_FIRST
+            while True:
+                woken.clear()  # before the read: a finish after it wakes the wait below
+                self._wait_read(pending, done, started, limit)
+                if not pending:
+                    return [done[task_id] for task_id in ids]
+                step = _WAIT_STEP if push else delay
+                if limit is not None:
+                    step = min(step, max(0.0, started + limit - time.monotonic()))
+                woken.wait(step)
+                delay = min(delay * 2, _POLL_CAP)
+        finally:
+            remove()
+
+    def _wait_read(
+        self, pending: set[int], done: dict[int, TaskInfo], started: float, limit: float | None
+    ) -> None:
+        """Read the pending tasks once; move the finished ones from ``pending`` to ``done``;
+        past ``limit`` seconds since ``started`` with some unfinished, raise the timeout."""
+        expired = limit is not None and time.monotonic() - started >= limit
+        unfinished: list[TaskInfo] = []
+        for task_id, info in self._read_waited(sorted(pending)).items():
+            if info.status in TERMINAL_STATUSES:
+                done[task_id] = info
+                pending.discard(task_id)
+            else:
+                unfinished.append(info)
+        if unfinished and expired:
+            assert limit is not None
+            raise _timeout_error(unfinished, limit)
+
+    def wait(self, task_id: int, timeout: float | None = None) -> TaskInfo:
+        """Block until the task is ``completed`` or ``permanently_failed``; its final snapshot.
+
+        ``timeout`` seconds (None: no limit) past which :class:`WaitTimeoutError` (also a
+        builtin ``TimeoutError``) names the task and its status; an unknown id raises
+        :class:`TaskNotFoundError`. See :meth:`wait_many`.
+        """
+        checked = _check_wait_id(task_id)
+        return self.wait_many([checked], timeout)[0]
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """:meth:`wait`, then the task's result; :class:`TaskFailedError` (carrying the
+        stored ``error`` and the ``task``) when it ended ``permanently_failed``."""
+        return _outcome(self.wait(task_id, timeout))
+
+    async def await_many(
+        self, task_ids: Iterable[int], timeout: float | None = None
+    ) -> list[TaskInfo]:
+        """Coroutine version of :meth:`wait_many`: the caller's event loop runs on while it
+        waits (reads run in a thread; the wait itself is an ``asyncio.Event``)."""
+        ids = _check_wait_ids(task_ids)
+        limit = _check_timeout(timeout)
+        self._check_open()
+        if not ids:
+            return []
+        pending = set(ids)
+        done: dict[int, TaskInfo] = {}
+        push = await asyncio.to_thread(self._waiters.push)
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:  # from the listener's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(woken.set)
+
+        remove = self._waiters.add(pending, wake)
+        try:
+            started = time.monotonic()
+            delay = _POLL_FIRST
+            while True:
+                woken.clear()
+                await asyncio.to_thread(self._wait_read, pending, done, started, limit)
+                if not pending:
+                    return [done[task_id] for task_id in ids]
+                step = _WAIT_STEP if push else delay
+                if limit is not None:
+                    step = min(step, max(0.0, started + limit - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), step)
+                delay = min(delay * 2, _POLL_CAP)
+        finally:
+            remove()
+
+    async def await_task(self, task_id: int, timeout: float | None = None) -> TaskInfo:
+        """Coroutine version of :meth:`wait` (never blocks the caller's event loop)."""
+        checked = _check_wait_id(task_id)
+        return (await self.await_many([checked], timeout))[0]
+
+    async def aresult(self, task_id: int, timeout: float | None = None) -> Any:
+        """Coroutine version of :meth:`result`."""
+        return _outcome(await self.await_task(task_id, timeout))
+
     # --- async twins ---------------------------------------------------------------------------
     asetup = _twin(setup)
     asubmit = _twin(submit)
@@ -954,5 +1266,6 @@ class TaskManager:
     aget_workflow_audit_summary = _twin(get_workflow_audit_summary)
     aget_workers = _twin(get_workers)
     aget_worker = _twin(get_worker)
+    astart = _twin(start)
     astop = _twin(stop)
     aclose = _twin(close)

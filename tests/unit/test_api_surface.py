@@ -25,10 +25,13 @@ EXPECTED_EXPORTS = {
     "__version__",
 }
 
+#: coroutines written for asyncio themselves (they wait on the caller's loop, not in a thread)
+NATIVE_ASYNC = {"await_task": "wait", "aresult": "result", "await_many": "wait_many"}
+
 TWINS = sorted(
     name[1:]
     for name, value in vars(TaskManager).items()
-    if name.startswith("a") and inspect.iscoroutinefunction(value)
+    if name.startswith("a") and inspect.iscoroutinefunction(value) and name not in NATIVE_ASYNC
 )
 
 
@@ -76,3 +79,12 @@ def test_twin_signature_matches(name: str) -> None:
     assert twin.__wrapped__ is sync  # the twin runs exactly this method (in a thread)
     assert inspect.signature(twin) == inspect.signature(sync)
     assert twin.__name__ == f"a{name}"
+
+
+@pytest.mark.parametrize(("name", "sync_name"), sorted(NATIVE_ASYNC.items()))
+def test_native_async_methods_mirror_their_sync_methods(name: str, sync_name: str) -> None:
+    native = getattr(TaskManager, name)
+    assert inspect.iscoroutinefunction(native)
+    assert not hasattr(native, "__wrapped__")  # not a thread around the blocking method
+    sync_params = inspect.signature(getattr(TaskManager, sync_name)).parameters
+    assert list(inspect.signature(native).parameters) == list(sync_params)

@@ -71,6 +71,18 @@ class Store(Protocol):
         worker then relies on polling alone).
         """
 
+    def watch_finished(
+        self, on_finished: Callable[[Sequence[int] | None], None]
+    ) -> Callable[[], None] | None:
+        """Call ``on_finished(ids)`` (from any thread) after a transaction that moved tasks to a
+        terminal status (``completed``, ``permanently_failed``) committed, with their ids; and
+        ``on_finished(None)`` each time the channel (re)connects, as tasks may have finished
+        while it was not listening. One channel per store, shared by every watcher.
+
+        Returns a function that unsubscribes, or None when the backend has no push channel
+        (waiters then poll).
+        """
+
     # --- tasks -------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
         """Insert all tasks with their events in one transaction; return their ids in order.

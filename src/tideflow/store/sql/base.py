@@ -230,6 +230,12 @@ class SqlStore:
         """No push channel by default: workers poll."""
         return None
 
+    def watch_finished(
+        self, on_finished: Callable[[Sequence[int] | None], None]
+    ) -> Callable[[], None] | None:
+        """No push channel by default: waiters poll."""
+        return None
+
     # --- tasks ---------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
         with self._write() as cur:

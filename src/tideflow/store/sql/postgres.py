@@ -5,7 +5,9 @@ back on error); the pool checks a connection before lending it, so connections t
 are replaced. Workers claim with ``FOR UPDATE SKIP LOCKED`` over a partial index on claimable
 statuses. A transaction that makes a task due now sends ``NOTIFY tideflow_tasks``; subscribers
 hold one dedicated autocommit connection that LISTENs and wakes the claim loop (polling stays as
-the fallback).
+the fallback). A transaction that moves tasks to a terminal status sends their ids on
+``tideflow_done`` (one ``pg_notify`` per transaction, comma-separated); ``tm.wait`` listens there
+on one connection per store, shared by every waiter.
 
 Liveness and eligibility are judged by the server's clock in the statement (:data:`NOW`).
 """
@@ -40,13 +42,18 @@ from tideflow.store.sql.base import (
     T,
 )
 
-__all__ = ["CHANNEL", "PostgresStore"]
+__all__ = ["CHANNEL", "DONE_CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tideflow.store")
 
 SCHEMA_VERSION = 2
 #: NOTIFY channel announcing that a task may be due now
 CHANNEL = "tideflow_tasks"
+#: NOTIFY channel carrying the ids of tasks that reached a terminal status: ``schema:id,id,...``
+#: (channels are per database; the schema keeps tideflows in other schemas from waking ours)
+DONE_CHANNEL = "tideflow_done"
+#: the longest payload of one NOTIFY is 8000 bytes: longer id lists go in several
+_DONE_PAYLOAD_MAX = 7900
 #: ``pg_advisory_xact_lock`` key serialising concurrent ``setup()`` calls ("tideflow")
 SETUP_LOCK = 0x7469646566_6C6F77 & 0x7FFFFFFFFFFFFFFF
 
@@ -270,6 +277,32 @@ def _notify(cur: Cursor) -> None:
     cur.notify = True
 
 
+def _done_payloads(task_ids: Sequence[int]) -> list[str]:
+    """``task_ids`` as comma-separated NOTIFY payloads, each within the 8000-byte limit."""
+    payloads: list[str] = []
+    part: list[str] = []
+    size = 0
+    for task_id in task_ids:
+        text = str(task_id)
+        if part and size + len(text) + 1 > _DONE_PAYLOAD_MAX:
+            payloads.append(",".join(part))
+            part, size = [], 0
+        part.append(text)
+        size += len(text) + 1
+    if part:
+        payloads.append(",".join(part))
+    return payloads
+
+
+def _parse_done(payload: str, schema: str | None) -> list[int] | None:
+    """The task ids of a :data:`DONE_CHANNEL` payload from ``schema`` (anything unreadable is
+    skipped); None when it comes from another schema."""
+    sender, _, ids = payload.rpartition(":")
+    if sender != schema:
+        return None
+    return [int(part) for part in ids.split(",") if part.strip().isdigit()]
+
+
 def _due_now(values: Any, now: float) -> bool:
     """Whether a row written with ``values`` can be claimed now."""
     if values.get("status") not in CLAIMABLE:
@@ -298,6 +331,8 @@ class _Tx:
         self.opens: list[Sequence[Any]] = []
         self.closes: list[Sequence[Any]] = []
         self.notify = False
+        #: ids of tasks this transaction moved to a terminal status (announced on commit)
+        self.done: list[int] = []
 
     def _pipelined(self) -> None:
         if self._stack is None:
@@ -373,6 +408,11 @@ class _Tx:
             self.execute(_CLOSE_ATTEMPTS, (_json(self.closes),))
         if self.notify:
             self.execute(f"NOTIFY {CHANNEL}")
+        if self.done:
+            for payload in _done_payloads(self.done):
+                self.execute(
+                    "SELECT pg_notify(%s, current_schema() || ':' || %s)", (DONE_CHANNEL, payload)
+                )
         self._leave()
 
     def abort(self, exc: BaseException) -> None:
@@ -382,14 +422,25 @@ class _Tx:
 
 
 class _Listener:
-    """A daemon thread that LISTENs on :data:`CHANNEL` and calls ``wake`` per notification."""
+    """A daemon thread that LISTENs on ``channel`` and calls ``on_notify(payload)`` per
+    notification, and ``on_notify(None)`` each time it starts listening (notifications sent
+    while it was not are lost)."""
 
-    def __init__(self, conninfo: str, safe_url: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        safe_url: str,
+        channel: str,
+        on_notify: Callable[[str | None], None],
+    ) -> None:
         self._conninfo = conninfo
         self._safe_url = safe_url
-        self._wake = wake
+        self._channel = channel
+        self._on_notify = on_notify
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
+        #: the schema tables are found in on this connection (read on each connect)
+        self.schema: str | None = None
         self._thread = threading.Thread(target=self._run, name="tideflow-listen", daemon=True)
         self._thread.start()
 
@@ -407,12 +458,14 @@ class _Listener:
                 continue
             self._conn = conn
             try:
-                conn.execute(f"LISTEN {CHANNEL}")
+                found = conn.execute("SELECT current_schema()").fetchone()
+                self.schema = None if found is None else found[0]
+                conn.execute(f"LISTEN {self._channel}")
                 delay = 0.1
-                self._call_wake()  # anything submitted while we were not listening
+                self._call(None)  # anything that happened while we were not listening
                 while not self._stop.is_set():
-                    for _ in conn.notifies(timeout=0.5):
-                        self._call_wake()
+                    for notify in conn.notifies(timeout=0.5):
+                        self._call(notify.payload)
                         if self._stop.is_set():
                             break
             except psycopg.Error as exc:
@@ -427,9 +480,9 @@ class _Listener:
                 with contextlib.suppress(Exception):
                     conn.close()
 
-    def _call_wake(self) -> None:
+    def _call(self, payload: str | None) -> None:
         try:
-            self._wake()
+            self._on_notify(payload)
         except Exception:  # pragma: no cover - the waker must not kill the listener
             log.exception("tideflow wake-up callback failed")
 
@@ -467,6 +520,10 @@ class PostgresStore(SqlStore):
             ) from None
         self._sql_cache: dict[str, str] = {}
         self._listeners: list[_Listener] = []
+        #: the waiters' LISTEN on DONE_CHANNEL: one connection, started by the first watcher
+        self._done_listener: _Listener | None = None
+        self._done_watchers: dict[int, Callable[[Sequence[int] | None], None]] = {}
+        self._done_next = 0
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = ConnectionPool(
             self._conninfo,
@@ -636,6 +693,13 @@ class PostgresStore(SqlStore):
             ids |= {int(r[0]) for r in update.fetchall()}
             update.close()
         held = [c.task_id in ids for c in changes]
+        done = [
+            c.task_id
+            for c, ok in zip(changes, held, strict=True)
+            if ok and c.values.get("status") in TERMINAL_STATUSES
+        ]
+        if done:
+            cur.done += done
         now = self.clock()
         if any(ok and _due_now(c.values, now) for c, ok in zip(changes, held, strict=True)):
             _notify(cur)
@@ -657,11 +721,14 @@ class PostgresStore(SqlStore):
         held = super()._apply_one(cur, change, events=events)
         if held and _due_now(change.values, self.clock()):
             _notify(cur)
+        if held and change.values.get("status") in TERMINAL_STATUSES:
+            assert isinstance(cur, _Tx)
+            cur.done.append(change.task_id)
         return held
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         self._get_pool()
-        listener = _Listener(self._conninfo, self.safe_url, wake)
+        listener = _Listener(self._conninfo, self.safe_url, CHANNEL, lambda _payload: wake())
         with self._lock:
             self._listeners.append(listener)
 
@@ -671,6 +738,41 @@ class PostgresStore(SqlStore):
                 self._listeners.remove(listener)
 
         return unsubscribe
+
+    def watch_finished(
+        self, on_finished: Callable[[Sequence[int] | None], None]
+    ) -> Callable[[], None] | None:
+        self._get_pool()
+        with self._lock:
+            key = self._done_next
+            self._done_next += 1
+            self._done_watchers[key] = on_finished
+            if self._done_listener is None:
+                self._done_listener = _Listener(
+                    self._conninfo, self.safe_url, DONE_CHANNEL, self._finished
+                )
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._done_watchers.pop(key, None)
+
+        return unsubscribe
+
+    def _finished(self, payload: str | None) -> None:
+        """Hand a :data:`DONE_CHANNEL` notification (None: after (re)connecting) to watchers."""
+        with self._lock:
+            watchers = list(self._done_watchers.values())
+            listener = self._done_listener
+        task_ids: list[int] | None = None
+        if payload is not None:
+            task_ids = _parse_done(payload, None if listener is None else listener.schema)
+            if not task_ids:
+                return  # another schema's tasks
+        for on_finished in watchers:
+            try:
+                on_finished(task_ids)
+            except Exception:  # pragma: no cover - a watcher must not kill the listener
+                log.exception("tideflow finish callback failed")
 
     # --- schema --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -691,6 +793,10 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         with self._lock:
             listeners, self._listeners = self._listeners, []
+            if self._done_listener is not None:
+                listeners.append(self._done_listener)
+            self._done_listener = None
+            self._done_watchers.clear()
             pool, self._pool = self._pool, None
         for listener in listeners:
             listener.stop()
