@@ -289,3 +289,18 @@ def test_pause_returns_only_once_no_claim_is_on_its_way(
     task_id = tm.submit("job")
     heartbeats_pass(tm)
     assert tm.get_task(task_id).status == "pending"
+
+
+def test_a_superseded_worker_stays_fenced_when_its_handlers_change(make_manager: Any) -> None:
+    """Registering a handler refreshes the worker row, but never while it is fenced: that
+    would supersede the newer worker of its pod in turn."""
+    tm = make_manager(pod_id="node-4", **FAST)
+    tm.use("job", lambda task: "ran")
+    tm.start()
+    wait_for(lambda: status_of(tm, tm.worker_id) == "active")
+    ghost(tm, "node-4-new", last_seen=time.time(), pod_id="node-4")
+    heartbeats_pass(tm)  # it has read its status
+    tm.use("other", lambda task: None)  # a hot reload asks for a new registration
+    heartbeats_pass(tm)
+    assert status_of(tm, tm.worker_id) == "superseded"
+    assert status_of(tm, "node-4-new") == "active"

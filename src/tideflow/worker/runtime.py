@@ -733,32 +733,21 @@ class Worker:
                 self._abandon(a)
 
     async def _worker_heartbeat(self, settings: ManagerSettings) -> None:
+        """The worker's own heartbeat, then what its stored status calls for: claim nothing
+        while superseded or dead, register again after a lost contact or a change of
+        handlers."""
         started = time.monotonic()
-        if self._registered_version != self._registry.version or self._out_of_contact:
-            if self._out_of_contact:
-                # contact is back: judge by the stored status before registering again
-                status = await self._db(
-                    self._store.heartbeat_worker, self.worker_id, settings.worker_heartbeat_timeout
-                )
-                if status in ("superseded", "dead"):
-                    self._contact = started
-                    self._regain_contact()
-                    await self._fenced_off(status, settings)
-                    return
-            await self._register(settings)
-        else:
-            status = await self._db(
-                self._store.heartbeat_worker, self.worker_id, settings.worker_heartbeat_timeout
-            )
-            if status is None:
-                await self._register(settings)
-            elif status in ("superseded", "dead"):
-                self._contact = started
-                await self._fenced_off(status, settings)
-                return
+        status = await self._db(
+            self._store.heartbeat_worker, self.worker_id, settings.worker_heartbeat_timeout
+        )
         self._contact = started
-        if self._out_of_contact:
+        rejoin = self._out_of_contact
+        if rejoin:
             self._regain_contact()
+        if status in ("superseded", "dead"):
+            await self._fenced_off(status, settings)
+        elif status is None or rejoin or self._registered_version != self._registry.version:
+            await self._register(settings)
         self._offset = await self._db(self._store.sync_clock)
 
     def _regain_contact(self) -> None:
