@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -456,3 +459,21 @@ def test_astart_and_astop_do_not_block_the_loop(make_manager: Any) -> None:
     assert info.status == "completed"
     assert info.result == "finished during astop"
     assert [w.status for w in tm.get_workers()] == ["stopped"]
+
+
+@pytest.mark.slow
+def test_wait_latency_bench_runs_without_polling_reads(postgres_url: str) -> None:
+    """bench/wait_latency.py on a few tasks: it prints its figures and counts no read beyond
+    the first one and the one after each task's NOTIFY (the figures themselves are not
+    asserted: timing belongs to the bench)."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "wait_latency.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), "-n", "20", "--waiters", "2", "--db", postgres_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "commit -> wait returns" in proc.stdout
+    assert "(2.00 per wait;" in proc.stdout
+    assert "0 beyond that" in proc.stdout
