@@ -241,8 +241,8 @@ class TideflowBackend(compat.BaseTaskBackend):
                 f"unknown key(s) in TASKS[{alias!r}]['OPTIONS']: {', '.join(unknown)};"
                 f" allowed: {', '.join(sorted(_OPTION_KEYS))}"
             )
-        task_options = options.get("TASK_OPTIONS") or {}
-        manager_options = options.get("MANAGER_OPTIONS") or {}
+        task_options = options.get("TASK_OPTIONS", {})
+        manager_options = options.get("MANAGER_OPTIONS", {})
         for key, value in (("TASK_OPTIONS", task_options), ("MANAGER_OPTIONS", manager_options)):
             if not isinstance(value, Mapping):
                 raise InvalidOptionError(f"TASKS[{alias!r}]['OPTIONS'][{key!r}] must be a dict")

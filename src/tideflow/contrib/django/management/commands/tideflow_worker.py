@@ -106,6 +106,12 @@ class Command(BaseCommand):
             )
         except TideflowError as exc:
             raise CommandError(str(exc)) from None
+        if worker.backend.db_url == "sqlite::memory:":
+            worker.stop(0)
+            raise CommandError(
+                "the tasks database is an in-memory SQLite database, which no other process"
+                " sees: use a SQLite file, PostgreSQL or MySQL (DATABASES or OPTIONS['DB'])"
+            )
         stop = threading.Event()
         received: list[int] = []
 
