@@ -327,8 +327,17 @@ def test_database_url_from_django_settings() -> None:
         database_url({"ENGINE": "django.db.backends.oracle", "NAME": "x"})
 
 
+def test_the_system_check_reports_a_database_tideflow_cannot_use() -> None:
+    oracle = {"ENGINE": "django.db.backends.oracle", "NAME": "x"}
+    with djsupport.project_settings(oracle, djsupport.tasks_setting()):
+        (error,) = get_backend().check()
+    assert error.id == "tideflow.E001"
+    assert "ENGINE 'django.db.backends.oracle'" in error.msg
+
+
 def test_the_backend_uses_djangos_default_database(project: dict[str, Any]) -> None:
     backend = get_backend()
+    assert backend.check() == []
     assert backend.db_url == database_url(project)
     result = tasks.add.enqueue(1, 1)
     assert backend.manager.get_task(int(result.id)) is not None

@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core import checks
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -281,6 +282,14 @@ class TideflowBackend(compat.BaseTaskBackend):
     def manager(self) -> TaskManager:
         """The process-wide TaskManager this backend submits and reads through."""
         return _manager(self.db_url, self.manager_options)
+
+    def check(self, **kwargs: Any) -> list[Any]:
+        """Django system check: the tideflow URL can be built from the settings."""
+        try:
+            self.db_url  # noqa: B018
+        except InvalidOptionError as exc:
+            return [checks.Error(str(exc), obj=f"TASKS[{self.alias!r}]", id="tideflow.E001")]
+        return []
 
     # --- Django's backend API ------------------------------------------------------------------
     def validate_task(self, task: Any) -> None:

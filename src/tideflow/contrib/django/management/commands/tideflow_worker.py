@@ -126,7 +126,10 @@ class Command(BaseCommand):
         previous = {s: signal.signal(s, handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         parent = int(os.environ.get(_RELOAD_PARENT_ENV, "0"))
         try:
-            worker.start()
+            try:
+                worker.start()
+            except TideflowError as exc:  # e.g. the database cannot be reached
+                raise CommandError(str(exc)) from None
             while not stop.wait(0.5):
                 if parent and os.getppid() != parent:
                     log.warning("parent process %d is gone; stopping", parent)
