@@ -7,14 +7,18 @@ import os
 import shlex
 import shutil
 import sys
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tideflow.manager import TaskManager
-from tideflow.store.url import redact, sqlite_file
+from tideflow.store.url import backend_of, check_server_url, redact, sqlite_file
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "DB_ENV",
     "CliError",
     "add_db_option",
+    "check_reachable",
     "command_prefix",
     "open_manager",
     "redact",
@@ -24,6 +28,9 @@ __all__ = [
 ]
 
 DB_ENV = "TIDEFLOW_DB"
+#: seconds a command waits for a PostgreSQL/MySQL server to answer before it gives up (the
+#: store's pool would wait 15 s and then name no cause)
+CONNECT_TIMEOUT = 5.0
 
 
 class CliError(Exception):
@@ -64,7 +71,8 @@ def same_database(given: str, safe_url: str) -> bool:
 
 
 def open_manager(db: str, *, must_exist: bool = True) -> TaskManager:
-    """A client manager (no worker) on ``db``; refuses a SQLite file that does not exist."""
+    """A client manager (no worker) on ``db``; refuses a SQLite file that does not exist and a
+    server that does not answer within :data:`CONNECT_TIMEOUT` seconds."""
     path = sqlite_file(db)
     if must_exist and path is not None and not os.path.exists(path):
         raise CliError(
@@ -72,7 +80,63 @@ def open_manager(db: str, *, must_exist: bool = True) -> TaskManager:
             f" (create it with: tideflow db migrate --db {db})",
             code=1,
         )
+    check_reachable(db)
     return TaskManager(db, allow_unregistered=True)
+
+
+def check_reachable(db: str, timeout: float | None = None) -> None:
+    """Connect once to the PostgreSQL or MySQL server of ``db`` and disconnect; a server that
+    refuses, does not answer within ``timeout`` seconds (default :data:`CONNECT_TIMEOUT`) or
+    rejects the login is a :class:`CliError` (exit 1) naming the redacted URL and the cause.
+
+    Does nothing for SQLite, or when the driver is missing (opening the store says which extra
+    to install)."""
+    backend = backend_of(db)
+    if backend not in ("postgres", "mysql"):
+        return
+    check_server_url(db)  # a malformed URL is the store's StoreError, before any driver
+    wait = CONNECT_TIMEOUT if timeout is None else timeout
+    parts = urlsplit(db)
+    try:
+        if backend == "postgres":
+            _probe_postgres(db, wait)
+        else:
+            _probe_mysql(db, wait)
+    except ImportError:
+        return
+    except Exception as exc:  # the driver's error: its text, with the password masked
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        password = unquote(parts.password) if parts.password else ""
+        if password:
+            text = text.replace(password, "***")
+        raise CliError(f"cannot connect to {redact(db)} within {wait:g}s: {text}", code=1) from None
+
+
+def _probe_postgres(db: str, timeout: float) -> None:
+    import psycopg
+
+    conninfo = "postgresql://" + db.partition("://")[2]  # psql:// and postgres:// too
+    # libpq's connect_timeout is whole seconds, at least 2
+    psycopg.connect(conninfo, connect_timeout=max(2, round(timeout)), autocommit=True).close()
+
+
+def _probe_mysql(db: str, timeout: float) -> None:
+    import pymysql
+
+    parts = urlsplit(db)
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    args: dict[str, Any] = {
+        "host": unquote(parts.hostname or "localhost"),
+        "port": parts.port or 3306,
+        "user": unquote(parts.username) if parts.username else "root",
+        "password": unquote(parts.password) if parts.password else "",
+        "database": unquote(parts.path.lstrip("/")) or None,
+        "connect_timeout": max(1, round(timeout)),
+        "read_timeout": max(1, round(timeout)),
+    }
+    if "unix_socket" in options:
+        args["unix_socket"] = options["unix_socket"]
+    pymysql.connect(**args).close()
 
 
 def command_prefix() -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from tideflow import Task
-from tideflow.cli.common import CliError, command_prefix, redact, sqlite_file
+from tideflow.cli.common import CliError, check_reachable, command_prefix, redact, sqlite_file
 from tideflow.manager import TaskManager
 from tideflow.models import TERMINAL_STATUSES, TaskInfo
 
@@ -212,6 +212,7 @@ def run_demo(db: str, n: int, *, fresh: bool = True, out: TextIO | None = None) 
     if fresh and path is not None:
         _remove_demo_db(path)
     created = path is not None and not os.path.exists(path)
+    check_reachable(db)
     tm = TaskManager(db, max_concurrent_tasks=8, poll_interval=0.05)
     if created and path is not None:
         with open(path + MARKER, "w", encoding="utf-8") as marker:

@@ -1,4 +1,4 @@
-"""``tideflow db migrate``, ``tideflow tasks ...``, ``tideflow stats``, ``tideflow retention``."""
+"""``tideflow db migrate|sql``, ``tideflow tasks ...``, ``stats`` and ``retention``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from tideflow.cli import schema_sql
 from tideflow.cli.common import CliError, add_db_option, open_manager, resolve_db
 from tideflow.cli.format import duration, one_line, print_table, short_json, when
 from tideflow.errors import TideflowError
@@ -27,6 +29,22 @@ def add_commands(sub: Any) -> None:
     migrate = db_sub.add_parser("migrate", help="create or migrate the schema (idempotent)")
     add_db_option(migrate)
     migrate.set_defaults(func=cmd_migrate)
+    sql = db_sub.add_parser(
+        "sql",
+        help="print the schema and migration SQL for review (changes nothing)",
+        description="Print the SQL that 'tideflow db migrate' runs. With --db: only the"
+        " migrations that database still needs (it is read, never written); with --dialect:"
+        " the whole schema from an empty database (or from --from-version).",
+    )
+    add_db_option(sql)
+    sql.add_argument("--dialect", choices=schema_sql.DIALECTS, help="instead of --db")
+    sql.add_argument(
+        "--from-version",
+        type=_non_negative,
+        metavar="N",
+        help="with --dialect: the schema version the database has now (default 0, empty)",
+    )
+    sql.set_defaults(func=cmd_sql)
     db.set_defaults(func=_help(db))
 
     tasks = sub.add_parser("tasks", help="list, inspect and control tasks")
@@ -43,6 +61,42 @@ def add_commands(sub: Any) -> None:
     ls.add_argument("--order", choices=["asc", "desc"], default="desc", help="by id (default desc)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=cmd_list)
+
+    submit = t_sub.add_parser(
+        "submit",
+        help="create a one-off task; prints its id",
+        description="Create a one-off task for the workers of this database (no handler needed"
+        " here) and print its id. Options are resolved when the task is created: those not"
+        " given take tideflow's defaults (timeout 60, max retries 3, ...), not the options of"
+        " the handler's registration in the workers' code.",
+    )
+    add_db_option(submit)
+    submit.add_argument("name", metavar="NAME", help="the task name (its handler's name)")
+    submit.add_argument(
+        "--payload", metavar="JSON", help="the payload as JSON; '-' reads it from stdin"
+    )
+    submit.add_argument("--delay", type=float, metavar="SECONDS", help="run no sooner than this")
+    submit.add_argument(
+        "--run-at",
+        type=_aware_datetime,
+        metavar="TIME",
+        help="run at this ISO 8601 time with an offset, e.g. 2030-01-01T09:00:00+01:00",
+    )
+    submit.add_argument("--priority", type=int, metavar="N", help="-20..20, higher first")
+    submit.add_argument("--tag")
+    submit.add_argument("--timeout", type=float, metavar="SECONDS", help="per attempt")
+    submit.add_argument("--max-retries", type=int, metavar="N", help="attempts in all")
+    submit.add_argument("--retry-interval", type=float, metavar="SECONDS")
+    submit.add_argument("--retry-backoff", choices=["fixed", "exponential"])
+    submit.add_argument("--max-retry-interval", type=float, metavar="SECONDS")
+    submit.add_argument(
+        "--requires", metavar="CAP[,CAP...]", help="capabilities a worker must have"
+    )
+    submit.add_argument(
+        "--unique-key", metavar="KEY", help="while a task with this key is open, print its id"
+    )
+    submit.add_argument("--json", action="store_true", help='print {"id": ..., ...} instead')
+    submit.set_defaults(func=cmd_submit)
 
     show = t_sub.add_parser("show", help="a task's fields, events and attempts")
     add_db_option(show)
@@ -114,6 +168,18 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset; add one, e.g. {text}+00:00 or {text}Z"
+        )
+    return value
+
+
 def _client(args: argparse.Namespace) -> TaskManager:
     return open_manager(resolve_db(args))
 
@@ -128,6 +194,72 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         out.write(f"schema is up to date: {tm._store.safe_url}\n")
     finally:
         tm.close()
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """``tideflow db sql``: the migration SQL, for a DBA to review."""
+    if args.dialect is not None:
+        if args.db is not None:
+            raise CliError("give --db or --dialect, not both")
+        dialect, current = args.dialect, args.from_version or 0
+        where = f"a {dialect} database at schema version {current}"
+    else:
+        if args.from_version is not None:
+            raise CliError("--from-version goes with --dialect (with --db it is read)")
+        db = resolve_db(args)
+        dialect = schema_sql.dialect_of(db)
+        tm = open_manager(db)
+        try:
+            current = tm._store.schema_version()
+            where = f"{tm._store.safe_url} (schema version {current})"
+        finally:
+            tm.close()
+    sys.stdout.write(schema_sql.render(dialect, current, where))
+    return 0
+
+
+# --- tasks submit ------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``tideflow tasks submit NAME``: one task; prints its id."""
+    payload: Any = None
+    if args.payload is not None:
+        text = sys.stdin.read() if args.payload == "-" else args.payload
+        try:
+            payload = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"--payload is not JSON: {exc}") from None
+    options: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in (
+            "delay",
+            "run_at",
+            "priority",
+            "tag",
+            "timeout",
+            "max_retries",
+            "retry_interval",
+            "retry_backoff",
+            "max_retry_interval",
+            "unique_key",
+        )
+        if getattr(args, key) is not None
+    }
+    if args.requires is not None:
+        options["requires"] = [c.strip() for c in args.requires.split(",") if c.strip()]
+    tm = _client(args)
+    try:
+        task_id = tm.submit(args.name, payload, **options)
+        task = tm.get_task(task_id)
+    finally:
+        tm.close()
+    if args.json:
+        data = {"id": task_id, "name": args.name}
+        if task is not None:
+            data.update(status=task.status, next_run_time=task.to_dict()["next_run_time"])
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        sys.stdout.write(f"{task_id}\n")
     return 0
 
 
