@@ -10,51 +10,17 @@ from typing import Any
 import pytest
 
 from tideflow.core.records import task_info, worker_info
-from tideflow.core.types import TaskRow, WorkerRow
+from tideflow.core.types import WorkerRow
+from unit.test_lifecycle import NOW, make_row
 
-NOW = 1_700_000_000.0
-
-ROW = TaskRow(
+# a pending task with a result and requirements: the lifecycle tests' row, varied
+ROW = make_row(
     id=7,
-    name="job",
-    type="async",
-    status="pending",
-    priority=0,
-    payload='{"x":1}',
-    result='"done"',
-    error=None,
-    tag="t",
-    stage=0,
-    context=None,
-    created_at=NOW - 100,
-    next_run_time=NOW,
-    start_time=None,
-    last_active_time=NOW - 100,
-    last_event_type="task_created",
-    last_event_time=NOW - 100,
-    heartbeat_at=None,
-    timeout=60.0,
-    max_retries=3,
-    retry_count=0,
-    retry_interval=0.0,
-    retry_backoff="fixed",
-    max_retry_interval=3600.0,
-    retry_jitter=True,
-    cron_expr=None,
-    tz=None,
-    parent_id=None,
     root_id=7,
-    parent_stage=None,
-    total_children=0,
-    completed_children=0,
-    worker_id=None,
-    attempt=0,
+    result='"done"',
+    tag="t",
+    next_run_time=NOW,
     requires="gpu,ssd",
-    unique_key=None,
-    suspend_reason=None,
-    current_stage_name=None,
-    progress_text=None,
-    progress_percent=None,
 )
 
 WORKER = WorkerRow(
