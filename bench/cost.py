@@ -1,12 +1,17 @@
 """CPU cost per task of a tideflow drain: worker and database server, in microseconds.
 
     python bench/cost.py [--stores sqlite,postgres,mysql] [-n 20000] [--runs 3]
+                         [--concurrency 200 | --defaults] [--sync]
 
 Wall-clock throughput on a small shared machine swings by ±20% between runs; CPU time spent per
 task moves far less, so this is the figure to compare before and after a change to the hot path.
 The worker is ``bench/tideflow_worker.py`` in its own process; its CPU is read from /proc after
-READY and again when the last task is counted finished. The server's CPU is the sum over every
-``postgres`` process, or the ``mariadbd`` process, over the same window (SQLite has none).
+READY and again when the last task is counted finished. The server's CPU is that of the
+``mariadbd`` process over the same window (SQLite has none). On PostgreSQL it is the sum over the
+backends connected to the drained database, minus the one that serves the counting query: the
+server is shared with other users (their backends are not ours), and counting 20,000 rows every
+20 ms would add 100-200 µs per task to a slow drain and less to a fast one. Shared background
+processes (WAL writer, checkpointer) are left out there.
 """
 
 from __future__ import annotations
@@ -71,23 +76,38 @@ def target_for(store: str, tmp: Path) -> tuple[str, str]:
     return url, url
 
 
-def one_run(store: str, n: int, tmp: Path, concurrency: int = 200) -> tuple[float, float, float]:
-    """(worker µs/task, server µs/task, wall-clock tasks/s) of one drain of ``n`` no-op tasks."""
+def one_run(
+    store: str, n: int, tmp: Path, concurrency: int | None = 200, sync: bool = False
+) -> tuple[float, float, float]:
+    """(worker µs/task, server µs/task, wall-clock tasks/s) of one drain of ``n`` no-op tasks;
+    ``concurrency`` None runs the worker with default settings, ``sync`` a plain def handler."""
     url, target = target_for(store, tmp)
     tm = TaskManager(url, allow_unregistered=True)
     tm.setup()
     tm.submit_many([("noop", None)] * n)
     tm.close()
     counter = Counter(store, target, COUNT)
-    proc = Proc(["tideflow_worker.py", url, "--concurrency", str(concurrency), "--poll", "0.05"])
+    counting = (
+        counter.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        if store == "postgres"
+        else None
+    )
+
+    def server() -> float:
+        return server_cpu(store) - (cpu_seconds(counting) if counting else 0.0)
+
+    args = ["tideflow_worker.py", url]
+    args += ["--defaults"] if concurrency is None else ["--concurrency", str(concurrency)]
+    args += ["--sync"] if sync else []
+    proc = Proc(args)
     try:
         proc.wait_ready()
-        w0, s0, t0 = cpu_seconds(proc.pid), server_cpu(store), time.perf_counter()
+        w0, s0, t0 = cpu_seconds(proc.pid), server(), time.perf_counter()
         while counter.count() < n:
             if not proc.alive():
                 raise RuntimeError("worker exited early")
             time.sleep(0.02)
-        w1, s1, t1 = cpu_seconds(proc.pid), server_cpu(store), time.perf_counter()
+        w1, s1, t1 = cpu_seconds(proc.pid), server(), time.perf_counter()
     finally:
         proc.stop()
         counter.close()
@@ -100,10 +120,15 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=200, help="worker slots (default 200)")
+    parser.add_argument("--defaults", action="store_true", help="the worker's default settings")
+    parser.add_argument("--sync", action="store_true", help="a plain def no-op handler")
     args = parser.parse_args()
+    concurrency = None if args.defaults else args.concurrency
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
-            runs = [one_run(store, args.n, Path(tmp), args.concurrency) for _ in range(args.runs)]
+            runs = [
+                one_run(store, args.n, Path(tmp), concurrency, args.sync) for _ in range(args.runs)
+            ]
             worker, server, rate = (median([r[i] for r in runs]) or 0.0 for i in range(3))
             print(
                 f"{store:9} worker {worker:6.1f} µs/task  server {server:6.1f} µs/task"

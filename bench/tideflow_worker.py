@@ -1,10 +1,12 @@
 """A tideflow worker process for the benchmarks.
 
-``python bench/tideflow_worker.py URL [--concurrency 200] [--poll 0.05]``
+``python bench/tideflow_worker.py URL [--concurrency 200] [--poll 0.05] [--sync] [--defaults]``
 
 It registers async handlers ``noop`` (returns None), ``lat`` (reports its start time to the
 orchestrator over UDP) and ``parent`` (spawns ``payload`` no-op children, then completes with
 their count), starts the worker, prints ``READY`` and runs until stdin closes or SIGTERM.
+``--sync`` registers ``noop`` as a plain ``def``; ``--defaults`` passes neither the concurrency
+nor the poll interval, so the worker runs with the settings a newcomer gets.
 """
 
 from __future__ import annotations
@@ -34,9 +36,20 @@ async def parent(task: Any) -> Any:
     return len(task.result)
 
 
-def build_manager(url: str, concurrency: int, poll: float) -> TaskManager:
-    tm = TaskManager(url, max_concurrent_tasks=concurrency, poll_interval=poll)
-    tm.use("noop", noop)
+def sync_noop(task: Any) -> None:
+    return None
+
+
+def build_manager(
+    url: str, concurrency: int | None, poll: float | None, sync: bool = False
+) -> TaskManager:
+    options: dict[str, Any] = {}
+    if concurrency is not None:
+        options["max_concurrent_tasks"] = concurrency
+    if poll is not None:
+        options["poll_interval"] = poll
+    tm = TaskManager(url, **options)
+    tm.use("noop", sync_noop if sync else noop)
     tm.use("lat", lat)
     tm.use("parent", parent)
     return tm
@@ -47,8 +60,12 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--poll", type=float, default=0.05)
+    parser.add_argument("--sync", action="store_true", help="a plain def no-op handler")
+    parser.add_argument("--defaults", action="store_true", help="default concurrency and poll")
     args = parser.parse_args()
-    tm = build_manager(args.url, args.concurrency, args.poll)
+    if args.defaults:
+        args.concurrency = args.poll = None
+    tm = build_manager(args.url, args.concurrency, args.poll, args.sync)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     tm.start()

@@ -1,10 +1,10 @@
 """The worker: claim loop, executors, heartbeats, timeouts and graceful stop.
 
 A worker runs one asyncio event loop in a background thread. Async handlers run on that loop;
-sync handlers run in a thread pool. Store calls run in a small store thread pool so a slow write
-never blocks the loop. The worker never builds SQL and never picks a status: it asks
-:mod:`tideflow.core.lifecycle` for each change and hands it to the store.
-"""
+sync handlers run on handler threads (:mod:`tideflow.worker.executor`). Store calls run in a
+small store thread pool so a slow write never blocks the loop. The worker never builds SQL and
+never picks a status: it asks :mod:`tideflow.core.lifecycle` for each change and hands it to the
+store."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -33,6 +31,7 @@ from tideflow.core.types import Change, ClaimRequest, TaskRow, WorkerRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
 from tideflow.store.protocol import Store
 from tideflow.worker.completer import Completer, Item
+from tideflow.worker.executor import Deadlines, HandlerThreads, Returned
 from tideflow.worker.maintenance import MAINTENANCE_LEASE, Maintenance
 from tideflow.worker.task import AttemptState, Next, Suspend, Task
 
@@ -80,10 +79,11 @@ class Attempt:
     registration: Registration
     task: Task
     state: AttemptState
-    inner: asyncio.Future[Any] | None = None  # a sync handler's future in the thread pool
-    runner: asyncio.Task[None] | None = None  # the coroutine that runs and settles it
+    runner: asyncio.Task[None] | None = None  # an async handler's coroutine
     abandoned: bool = False
-    settled: bool = False
+    finished: bool = False  # its outcome is decided (queued, or dropped)
+    returned: bool = False  # its handler has returned: the slot can be freed
+    settled: bool = False  # its slot is free
 
 
 class Worker:
@@ -108,9 +108,6 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._closing = False
         self._exchanges: dict[asyncio.Task[bool], bool] = {}  # exchange -> whether it claims
-        self._deadlines: list[tuple[float, int, Attempt]] = []
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._seq = itertools.count()
         self._parallel = max(1, store.parallel_exchanges)
         self._reserved = 0  # slots promised to claims on their way
         self._reserved_by_name: dict[str, int] = {}
@@ -138,12 +135,10 @@ class Worker:
         self._offset = 0.0  # the database's clock minus this host's, as last measured
         self._contact = time.monotonic()  # when the last successful worker heartbeat started
         self._out_of_contact = False  # self-fenced: no heartbeat for too long
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            1024, thread_name_prefix="tideflow-handler"
-        )
         self._registered_version = -1
         self._beat: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._emptied: asyncio.Event | None = None  # set whenever no attempt is running
         # (task id, attempt) whose row this worker still owns on purpose: running, or with an
         # outcome queued but not yet written; anything else it owns is an orphan
         self._inflight: set[tuple[int, int]] = set()
@@ -179,7 +174,6 @@ class Worker:
 
         loop.call_soon_threadsafe(request)
         thread.join()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._db_pool.shutdown(wait=True)
         self._sweeper.shutdown(wait=True)
         self._maint.close()  # a retention sweep stops after its batch
@@ -251,6 +245,9 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._beat = asyncio.Event()
         self._completer = Completer(self._poke)
+        self._emptied = asyncio.Event()
+        self._threads: HandlerThreads[Attempt] = HandlerThreads(self._loop, self._returned)
+        self._deadlines: Deadlines[Attempt] = Deadlines(self._loop, self._expire)
         try:
             self._offset = await self._db(self._store.sync_clock)
             await self._register(self._settings())
@@ -277,6 +274,8 @@ class Worker:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        self._deadlines.close()
+        self._threads.shutdown()
 
     def _worker_row(self, now: float) -> WorkerRow:
         settings = self._settings()
@@ -436,10 +435,13 @@ class Worker:
         self._inflight.add((row.id, row.attempt))
         self._occupied += 1
         self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
-        attempt.runner = asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}")
-        self._tasks.add(attempt.runner)
+        self._deadlines.watch(attempt, state.deadline)
         if reg.is_async:
-            self._watch(attempt)
+            attempt.runner = asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}")
+            self._tasks.add(attempt.runner)
+        else:
+            args = (task, task.next) if reg.takes_next else (task,)
+            self._threads.submit(attempt, functools.partial(reg.handler, *args))
 
     def _enqueue_event(self, state: AttemptState, change: Change) -> None:
         """Queue a progress or checkpoint event of a running attempt for the next group commit;
@@ -457,43 +459,28 @@ class Worker:
 
         self._completer.put(change, written)
 
-    # --- deadlines of async handlers ---------------------------------------------------------
-    def _watch(self, a: Attempt) -> None:
-        """Cancel ``a``'s handler at its deadline: one timer for all attempts (the earliest
-        deadline) instead of one ``asyncio.timeout`` each."""
-        heapq.heappush(self._deadlines, (a.state.deadline, next(self._seq), a))
-        if len(self._deadlines) > 2 * len(self._active) + 64:
-            # finished attempts stay in the heap until their deadline; drop them now and then
-            self._deadlines = [
-                (w.state.deadline, next(self._seq), w)
-                for w in self._active.values()
-                if w.registration.is_async
-            ]
-            heapq.heapify(self._deadlines)
-        timer, when = self._deadline_timer, self._loop_time(a.state.deadline)
-        if timer is None or when < timer.when():
-            if timer is not None:
-                timer.cancel()
-            self._deadline_timer = asyncio.get_running_loop().call_at(when, self._expire)
-
-    def _loop_time(self, deadline: float) -> float:
-        """A ``time.monotonic()`` deadline on the event loop's clock."""
-        assert self._loop is not None
-        return self._loop.time() + (deadline - time.monotonic())
-
-    def _expire(self) -> None:
-        self._deadline_timer = None
-        now = time.monotonic()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, a = heapq.heappop(self._deadlines)
-            if self._active.get(a.row.id) is a and a.runner is not None and not a.runner.done():
-                a.state.timed_out = True
+    # --- deadlines and returns of handlers ---------------------------------------------------
+    def _expire(self, a: Attempt) -> None:
+        """``a`` is past its deadline: an async handler is cancelled (its coroutine writes the
+        timeout); a sync one is told through ``check_timeout()``, its timeout is written now
+        and its slot stays taken until it returns."""
+        if self._active.get(a.row.id) is not a or a.finished:
+            return
+        a.state.timed_out = True
+        if a.runner is not None:
+            if not a.runner.done():
                 a.runner.cancel()
-        if self._deadlines:
-            loop = asyncio.get_running_loop()
-            self._deadline_timer = loop.call_at(
-                self._loop_time(self._deadlines[0][0]), self._expire
-            )
+        else:
+            self._finish(a, None, None, True)
+
+    def _returned(self, batch: list[Returned[Attempt]]) -> None:
+        """Sync handlers that returned since the last batch (see ``HandlerThreads``)."""
+        for a, value, error in batch:
+            a.returned = True
+            if a.finished:  # timed out or abandoned before it returned
+                self._free_slot(a)
+            else:
+                self._finish(a, value, error, False)
 
     def _initial_result(self, row: TaskRow) -> Any:
         if row.stage > 0 and row.total_children > 0:
@@ -513,15 +500,15 @@ class Worker:
         self._poke()
 
     async def _execute(self, a: Attempt) -> None:
+        """Run an async handler; cancelled by ``_expire`` at its deadline."""
         reg, task = a.registration, a.task
         args = (task, task.next) if reg.takes_next else (task,)
-        remaining = max(0.0, a.state.deadline - time.monotonic())
         value: Any = None
         error: BaseException | None = None
         timed_out = False
-        if reg.is_async and remaining <= 0:
+        if a.state.deadline <= time.monotonic():
             timed_out = True  # already past its deadline when its turn came
-        elif reg.is_async:
+        else:
             try:
                 value = await reg.handler(*args)
             except asyncio.CancelledError as exc:
@@ -537,28 +524,18 @@ class Worker:
                     error = exc  # raised by the handler itself: a failure like any other
             except Exception as exc:
                 error = exc
-        else:
-            inner = asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: reg.handler(*args)
-            )
-            a.inner = inner
-            try:
-                done, _ = await asyncio.wait({inner}, timeout=remaining)
-            except asyncio.CancelledError:
-                if not a.abandoned:
-                    raise
-                done = set()
-            if done:
-                try:
-                    value = inner.result()
-                except Exception as exc:
-                    error = exc
-            else:
-                timed_out = True
+        a.returned = True
         self._finish(a, value, error, timed_out)
 
     def _finish(self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool) -> None:
+        """Decide and queue ``a``'s outcome (once); free its slot if its handler returned."""
+        if a.finished:
+            return
+        a.finished = True
+        self._deadlines.forget(a)
         self._active.pop(a.row.id, None)
+        if not self._active and self._emptied is not None:
+            self._emptied.set()
         if a.runner is not None:
             self._tasks.discard(a.runner)
         key = row_key(a.row)
@@ -567,29 +544,13 @@ class Worker:
             self._inflight.discard(key)
         else:
             self._completer.put(change, lambda held: self._written(key, held))
-        self._settle_later(a)
+        if a.returned:
+            self._free_slot(a)
 
     def _written(self, key: tuple[int, int], held: bool | BaseException) -> None:
         self._inflight.discard(key)
         if held is False:
             log.info("the outcome of task %s attempt %s was fenced off", *key)
-
-    def _settle_later(self, a: Attempt) -> None:
-        """Free the slot when the handler has really returned (a sync one may run on)."""
-        inner = a.inner
-        if inner is None or inner.done():
-            self._free_slot(a)
-            if inner is not None and not inner.cancelled():
-                inner.exception()  # retrieved: no "never retrieved" warning
-        else:
-            if isinstance(inner, asyncio.Task):
-                inner.cancel()
-            inner.add_done_callback(lambda f: self._settled(a, f))
-
-    def _settled(self, a: Attempt, inner: asyncio.Future[Any]) -> None:
-        self._free_slot(a)
-        if not inner.cancelled():
-            inner.exception()  # retrieved: no "never retrieved" warning
 
     def _outcome(
         self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool
@@ -725,6 +686,8 @@ class Worker:
         a.state.lost = True
         if a.runner is not None:
             a.runner.cancel()
+        else:
+            self._finish(a, None, None, True)  # its slot is freed when it returns
 
     def _fence_lost(self, checked: Mapping[int, Attempt], owned: Mapping[int, int]) -> None:
         for task_id, a in checked.items():
@@ -808,10 +771,11 @@ class Worker:
         # a claim already on its way must land first, or its rows would start after the release
         if self._exchanges:
             await asyncio.wait(list(self._exchanges))
-        deadline = time.monotonic() + self._stop_timeout
-        while self._active and time.monotonic() < deadline:
-            runners = [a.runner for a in self._active.values() if a.runner is not None]
-            await asyncio.wait(runners, timeout=max(0.0, deadline - time.monotonic()))
+        if self._active:
+            assert self._emptied is not None
+            self._emptied.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), self._stop_timeout)
             await asyncio.sleep(0)
         now = self._now()
         for a in list(self._active.values()):
