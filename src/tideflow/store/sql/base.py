@@ -13,9 +13,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tideflow.core.types import (
     TASK_COLUMNS,
@@ -30,7 +30,7 @@ from tideflow.core.types import (
     WorkerRow,
 )
 from tideflow.errors import InvalidOptionError, StoreError
-from tideflow.models import TERMINAL_STATUSES, TaskAttempt, TaskEvent
+from tideflow.models import TERMINAL_STATUSES, Status, TaskAttempt, TaskEvent
 
 log = logging.getLogger("tideflow.store")
 
@@ -113,6 +113,63 @@ def close_params(change: Change) -> tuple[Any, ...]:
         change.task_id,
         c.attempt,
     )
+
+
+class Shape(NamedTuple):
+    """The form of the guarded UPDATE shared by a group of changes (see
+    :meth:`SqlStore._apply_run`).
+
+    ``columns``: the columns the changes set; ``statuses``: the task's status must be one of
+    these; ``guards``: the columns that must equal each change's own values (the fence
+    ``worker_id``, ``attempt``, then the round's ``stage``). Each change is one row of
+    :func:`guard_row`.
+    """
+
+    columns: tuple[str, ...]
+    statuses: tuple[str, ...]
+    guards: tuple[str, ...]
+
+
+#: the guard columns of a change by (fenced, staged)
+_GUARDS: dict[tuple[bool, bool], tuple[str, ...]] = {
+    (False, False): (),
+    (True, False): ("worker_id", "attempt"),
+    (False, True): ("stage",),
+    (True, True): ("worker_id", "attempt", "stage"),
+}
+_STATUS_NAMES = frozenset(s.value for s in Status)
+
+
+def guard_row(change: Change, encode: Callable[[str, Any], Any]) -> list[Any]:
+    """One change as a row of its shape's guarded UPDATE: the task id, the guard values (fence
+    worker id and attempt, stage, where set), then the new values of its columns."""
+    row: list[Any] = [change.task_id]
+    if change.fence is not None:
+        row += change.fence
+    if change.stage is not None:
+        row.append(change.stage)
+    for column, value in change.values.items():
+        row.append(encode(column, value))
+    return row
+
+
+def guarded_update_terms(
+    shape: Shape, field: Callable[[int], str], table: str
+) -> tuple[str, str, str]:
+    """The terms of the guarded UPDATE of ``shape``, as every dialect writes it: the SET list,
+    the key (the row's task), and the guard, with ``field(i)`` the SQL naming the ``i``-th
+    value of a :func:`guard_row` row and ``table`` the target's prefix (``"t."`` or ``""``).
+    Statuses are written as literals (they are :class:`Status` names, checked here)."""
+    unknown = set(shape.statuses) - _STATUS_NAMES
+    if unknown or not shape.statuses:
+        raise ValueError(f"not task statuses: {sorted(unknown) or 'none'}")
+    n = 1 + len(shape.guards)
+    sets = ", ".join(f"{column} = {field(n + k)}" for k, column in enumerate(shape.columns))
+    statuses = ", ".join(f"'{s}'" for s in shape.statuses)
+    guard = f"{table}status IN ({statuses})" + "".join(
+        f" AND {table}{column} = {field(1 + k)}" for k, column in enumerate(shape.guards)
+    )
+    return sets, f"{table}id = {field(0)}", guard
 
 
 def _placeholders(n: int) -> str:
@@ -361,12 +418,18 @@ class SqlStore:
             if ok
         ]
 
+    # --- the fenced write rule -----------------------------------------------------------------
+    # Every write the core plans (a Change) is applied here, and only here, as a compare-and-set.
+    # A dialect supplies the text of one statement, :meth:`_guarded_update`, rendered from the
+    # terms of :func:`guarded_update_terms`; what the guard is, what a change sets, and what
+    # follows when it holds or not is this section.
+
     def _apply_batch(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Apply changes in order: runs of changes without children, each task once, go to
-        :meth:`_apply_simple` together, then their parents' fan-in (one counter update per
-        parent and round); a change with children goes to :meth:`_apply_one`. A run ends
-        before a task it already touches (as a change or as a parent to count on) comes again,
-        so every task sees its changes in the order given."""
+        """Apply changes in order, as runs (:meth:`_apply_run`) in which each task appears
+        once. A run ends before a task it already touches (as a change, or as a parent its
+        children are counted on) comes again, so every task sees its changes in the order
+        given; a change with children is a run of its own, so its children's rows come between
+        the rows of the changes before and after it. Returns, per change, whether it held."""
         results: list[bool] = [False] * len(changes)
         run: list[int] = []
         tasks: set[int] = set()
@@ -374,11 +437,9 @@ class SqlStore:
 
         def flush() -> None:
             if run:
-                held = self._apply_simple(cur, [changes[i] for i in run])
+                held = self._apply_run(cur, [changes[i] for i in run])
                 for i, ok in zip(run, held, strict=True):
                     results[i] = ok
-                fans = [changes[i].fan_in for i in run if results[i]]
-                self._count_children(cur, [f for f in fans if f is not None])
             run.clear()
             tasks.clear()
             parents.clear()
@@ -386,7 +447,7 @@ class SqlStore:
         for i, change in enumerate(changes):
             if change.children:
                 flush()
-                results[i] = self._apply_one(cur, change)
+                results[i] = self._apply_run(cur, [change])[0]
                 continue
             parent = change.fan_in.parent_id if change.fan_in is not None else None
             if change.task_id in tasks or change.task_id in parents or parent in tasks:
@@ -398,70 +459,172 @@ class SqlStore:
         flush()
         return results
 
-    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Simple changes: one compare-and-set each, then their event and attempt rows in one
-        ``executemany`` each. Dialects with costly round trips override this set-based."""
-        held = [self._compare_and_set(cur, change) for change in changes]
-        self._write_held_rows(cur, changes, held)
-        return held
+    def _apply_run(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
+        """The fenced write of a run of changes, each task at most once; True per change that
+        held. In this order, all in the caller's transaction:
 
-    def _write_held_rows(
-        self, cur: Cursor, changes: Sequence[Change], held: Sequence[bool]
-    ) -> None:
-        events, opens, closes = self._held_rows(changes, held)
+        1. **guard**: a change holds when its task's ``status`` is in ``from_statuses`` and,
+           where set, ``worker_id``/``attempt`` equal the ``fence`` and ``stage`` equals
+           ``stage``; it then sets exactly the columns of ``values``, and nothing else.
+           Changes of one :class:`Shape` share one statement (:meth:`_guarded_update`).
+        2. a change that lost its guard writes nothing more (it is logged);
+        3. each change that held, in order: its ``children`` inserted (with their creation
+           events; a ``lists_children`` event gets their ids in its metadata);
+        4. their events, in order of changes and within each change; then their attempt opens,
+           then their attempt closes (an attempt row is closed once: ``ended_at IS NULL``);
+        5. :meth:`_on_held`, a dialect's bookkeeping (wake-ups);
+        6. the ``fan_in`` of those that held, counted on their parents
+           (:meth:`_count_children`), which resumes a parent whose round is complete.
+        """
+        shapes = self._shapes(changes)
+        readers = [self._guarded_update(cur, shape, rows) for shape, rows in shapes.items()]
+        held_ids: set[int] = set()
+        for read in readers:
+            held_ids.update(read())
+        held = [c.task_id in held_ids for c in changes]
+        written: list[Change] = []
+        fans: list[FanIn] = []
+        for c, ok in zip(changes, held, strict=True):
+            if ok:
+                written.append(self._with_children(cur, c) if c.children else c)
+                if c.fan_in is not None:
+                    fans.append(c.fan_in)
+            else:
+                self._lost(c)
+        events, opens, closes = self._held_rows(written)
         self._insert_event_rows(cur, events)
         self._write_attempts(cur, opens, closes)
+        self._on_held(cur, written)
+        if fans:
+            self._count_children(cur, fans)
+        return held
 
-    @staticmethod
-    def _shapes(changes: Sequence[Change]) -> dict[tuple[Any, ...], list[Change]]:
-        """Changes grouped by what their statement looks like (columns, guard), in order."""
-        shapes: dict[tuple[Any, ...], list[Change]] = {}
+    def _guarded_update(
+        self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
+    ) -> Callable[[], Iterable[int]]:
+        """Send the guarded UPDATE of ``rows`` (:func:`guard_row` layout), all of one
+        ``shape``; return a reader of the ids whose guard held (read after every shape of the
+        run was sent, so a pipelining dialect waits once). Portable: one statement per row,
+        its guard held when it changed one row. Dialects override this with one set-based
+        statement per shape, its text rendered from :func:`guarded_update_terms`."""
+        n = 1 + len(shape.guards)
+        sets, key, guard = guarded_update_terms(shape, lambda _: "?", "")
+        sql = self._q(f"UPDATE {T} SET {sets} WHERE {key} AND {guard}")
+        held: list[int] = []
+        for row in rows:
+            cur.execute(sql, [*row[n:], *row[:n]])
+            if cur.rowcount == 1:
+                held.append(row[0])
+        return lambda: held
+
+    def _on_held(self, cur: Cursor, changes: Sequence[Change]) -> None:
+        """After the rows of changes that held are written: a dialect's bookkeeping (none by
+        default; PostgreSQL notes wake-ups to send at commit)."""
+
+    def _shapes(self, changes: Sequence[Change]) -> dict[Shape, list[list[Any]]]:
+        """The rows (:func:`guard_row`) of ``changes`` grouped by :class:`Shape`, in order."""
+        shapes: dict[Shape, list[list[Any]]] = {}
+        encode = self._encode_value
         for change in changes:
-            shape = (
+            shape = Shape(
                 tuple(change.values),
                 tuple(sorted(change.from_statuses)),
-                change.fence is not None,
-                change.stage is not None,
+                _GUARDS[change.fence is not None, change.stage is not None],
             )
-            shapes.setdefault(shape, []).append(change)
+            rows = shapes.get(shape)
+            if rows is None:
+                rows = shapes[shape] = []
+            rows.append(guard_row(change, encode))
         return shapes
 
-    def _shape_rows(self, cols: Sequence[str], group: Sequence[Change]) -> list[list[Any]]:
-        """One row per change of one shape: task id, the new values of ``cols``, then the fence
-        (worker id, attempt) and the stage where the shape guards on them."""
-        rows: list[list[Any]] = []
-        for c in group:
-            row = [c.task_id, *(self._encode_value(col, c.values[col]) for col in cols)]
-            if c.fence is not None:
-                row += [c.fence.worker_id, c.fence.attempt]
-            if c.stage is not None:
-                row.append(c.stage)
-            rows.append(row)
-        return rows
+    def _with_children(self, cur: Cursor, change: Change) -> Change:
+        """Insert the children of a change that held; returns the change with the child ids
+        in the metadata of its ``lists_children`` events."""
+        child_ids = self._insert_many(cur, change.children)
+        return change._replace(
+            events=tuple(
+                e._replace(metadata={**(e.metadata or {}), "child_task_ids": child_ids})
+                if e.lists_children
+                else e
+                for e in change.events
+            )
+        )
+
+    @staticmethod
+    def _lost(change: Change) -> None:
+        log.info(
+            "write to task %s lost its guard (statuses %s, fence %s, stage %s); nothing changed",
+            change.task_id,
+            sorted(change.from_statuses),
+            change.fence,
+            change.stage,
+        )
 
     def _held_rows(
-        self, changes: Sequence[Change], held: Sequence[bool]
+        self, changes: Sequence[Change]
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The event rows, attempt opens and attempt closes of the changes that held (a dialect
-        that batches its compare-and-sets writes these in a few statements)."""
+        """The event rows, attempt opens and attempt closes of changes that held."""
         events: list[tuple[Any, ...]] = []
         opens: list[tuple[Any, ...]] = []
         closes: list[tuple[Any, ...]] = []
-        for change, ok in zip(changes, held, strict=True):
-            if not ok:
-                log.info(
-                    "write to task %s lost its guard (statuses %s, fence %s); nothing changed",
-                    change.task_id,
-                    sorted(change.from_statuses),
-                    change.fence,
-                )
-                continue
+        for change in changes:
             events += self._event_rows(change)
             if change.attempt_open is not None:
                 opens.append(open_params(change))
             if change.attempt_close is not None:
                 closes.append(close_params(change))
         return events, opens, closes
+
+    def _event_rows(self, change: Change) -> list[tuple[Any, ...]]:
+        return [
+            self._event_params(change.task_id, change.root_id, change.parent_id, e)
+            for e in change.events
+        ]
+
+    def _count_children(self, cur: Cursor, fans: Sequence[FanIn]) -> None:
+        """Count finished children on their parents: one counter update per parent and round
+        (parents in id order, so concurrent batches lock them in the same order), held only
+        while the parent is ``suspended`` at the round's stage; a parent whose round is then
+        complete gets the resume of the round's last fan-in that carries one, applied by
+        :meth:`_apply_run` (guarded by status and stage, so it resumes once)."""
+        rounds: dict[tuple[int, int], list[FanIn]] = {}
+        for fan in fans:
+            rounds.setdefault((fan.parent_id, fan.stage), []).append(fan)
+        for (parent_id, stage), group in sorted(rounds.items()):
+            # the UPDATE row-locks the parent, so concurrent batches are counted one at a time
+            cur.execute(
+                self._q(
+                    f"UPDATE {T} SET completed_children = completed_children + ?"
+                    " WHERE id = ? AND stage = ? AND status = 'suspended'"
+                ),
+                (sum(f.delta for f in group), parent_id, stage),
+            )
+            resume = next((f.resume for f in reversed(group) if f.resume is not None), None)
+            if cur.rowcount != 1 or resume is None:
+                continue
+            cur.execute(
+                self._q(
+                    f"SELECT completed_children, total_children, parent_id FROM {T} WHERE id = ?"
+                ),
+                (parent_id,),
+            )
+            found = cur.fetchone()
+            if found is None or int(found[0]) < int(found[1]):
+                continue
+            self._apply_run(
+                cur,
+                [
+                    Change(
+                        task_id=resume.task_id,
+                        root_id=resume.root_id,
+                        parent_id=found[2],
+                        from_statuses=resume.from_statuses,
+                        values=resume.values,
+                        events=resume.events,
+                        stage=resume.stage,
+                    )
+                ],
+            )
 
     def _run_migrations(
         self,
@@ -492,104 +655,15 @@ class SqlStore:
                 (step, time.time()),
             )
 
-    def _event_rows(self, change: Change) -> list[tuple[Any, ...]]:
-        return [
-            self._event_params(change.task_id, change.root_id, change.parent_id, e)
-            for e in change.events
-        ]
-
     def append_event(self, change: Change) -> int | None:
         with self._write() as cur:
-            if not self._apply_one(cur, change, events=False):
+            if not self._apply_run(cur, [change._replace(events=())])[0]:
                 return None
             (event,) = change.events
             return self._insert_id(
                 cur,
                 INSERT_EVENT,
                 self._event_params(change.task_id, change.root_id, change.parent_id, event),
-            )
-
-    def _compare_and_set(self, cur: Cursor, change: Change) -> bool:
-        """The guarded UPDATE of one change; True when it held."""
-        cols = list(change.values)
-        params: list[Any] = [self._encode_value(c, change.values[c]) for c in cols]
-        statuses = sorted(change.from_statuses)
-        sql = (
-            f"UPDATE {T} SET {', '.join(f'{c} = ?' for c in cols)}"
-            f" WHERE id = ? AND status IN ({_placeholders(len(statuses))})"
-        )
-        params += [change.task_id, *statuses]
-        if change.fence is not None:
-            sql += " AND worker_id = ? AND attempt = ?"
-            params += [change.fence.worker_id, change.fence.attempt]
-        if change.stage is not None:
-            sql += " AND stage = ?"
-            params.append(change.stage)
-        cur.execute(self._q(sql), params)
-        return bool(cur.rowcount == 1)
-
-    def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
-        if not self._compare_and_set(cur, change):
-            return False
-        new_events = change.events
-        if change.children:
-            child_ids = self._insert_many(cur, change.children)
-            new_events = tuple(
-                e._replace(metadata={**(e.metadata or {}), "child_task_ids": child_ids})
-                if e.lists_children
-                else e
-                for e in new_events
-            )
-        if events:
-            self._insert_events(cur, change.task_id, change.root_id, change.parent_id, new_events)
-        self._write_attempts(
-            cur,
-            [open_params(change)] if change.attempt_open is not None else [],
-            [close_params(change)] if change.attempt_close is not None else [],
-        )
-        if change.fan_in is not None:
-            self._count_children(cur, [change.fan_in])
-        return True
-
-    def _count_children(self, cur: Cursor, fans: Sequence[FanIn]) -> None:
-        """Count finished children on their parents: one counter update per parent and round
-        (parents in id order, so concurrent batches lock them in the same order); a parent
-        whose round is complete is resumed in the same transaction."""
-        rounds: dict[tuple[int, int], list[FanIn]] = {}
-        for fan in fans:
-            rounds.setdefault((fan.parent_id, fan.stage), []).append(fan)
-        for (parent_id, stage), group in sorted(rounds.items()):
-            # the UPDATE row-locks the parent, so concurrent batches are counted one at a time
-            cur.execute(
-                self._q(
-                    f"UPDATE {T} SET completed_children = completed_children + ?"
-                    " WHERE id = ? AND stage = ? AND status = 'suspended'"
-                ),
-                (sum(f.delta for f in group), parent_id, stage),
-            )
-            resume = next((f.resume for f in reversed(group) if f.resume is not None), None)
-            if cur.rowcount != 1 or resume is None:
-                continue
-            cur.execute(
-                self._q(
-                    f"SELECT completed_children, total_children, parent_id FROM {T} WHERE id = ?"
-                ),
-                (parent_id,),
-            )
-            found = cur.fetchone()
-            if found is None or int(found[0]) < int(found[1]):
-                continue
-            self._apply_one(
-                cur,
-                Change(
-                    task_id=resume.task_id,
-                    root_id=resume.root_id,
-                    parent_id=found[2],
-                    from_statuses=resume.from_statuses,
-                    values=resume.values,
-                    events=resume.events,
-                    stage=resume.stage,
-                ),
             )
 
     def get_task(self, task_id: int) -> TaskRow | None:

@@ -36,7 +36,7 @@ import re
 import threading
 import time
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -44,7 +44,7 @@ import pymysql
 from pymysql.constants import CLIENT
 from pymysql.converters import escape_string
 
-from tideflow.core.types import TASK_COLUMNS, Change, ClaimRequest, NewTask, TaskRow
+from tideflow.core.types import TASK_COLUMNS, ClaimRequest, NewTask, TaskRow
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
@@ -54,8 +54,10 @@ from tideflow.store.sql.base import (
     A,
     Cursor,
     E,
+    Shape,
     SqlStore,
     T,
+    guarded_update_terms,
 )
 
 __all__ = ["MysqlStore"]
@@ -275,6 +277,34 @@ _CLOSE_ATTEMPTS = (
     " WHERE a.ended_at IS NULL"
 )
 _INSERT_TASKS = f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)}) VALUES {{}} RETURNING id"
+
+#: JSON_TABLE types of the guard columns
+_GUARD_TYPES = {"worker_id": "VARCHAR(255)", "attempt": "INT", "stage": "INT"}
+
+
+@functools.lru_cache(maxsize=256)
+def _written_names(shape: Shape) -> tuple[str, ...]:
+    """Column names of the UPDATE's derived table: the id, then the new values."""
+    n = 1 + len(shape.guards)
+    return ("f0", *(f"f{n + k}" for k in range(len(shape.columns))))
+
+
+@functools.lru_cache(maxsize=256)
+def _guarded_update_sql(shape: Shape) -> tuple[str, str]:
+    """The two statements of the guarded update of ``shape``: the locking SELECT of the rows
+    whose guard holds, and the UPDATE of those (its derived table of rows left as ``{}``)."""
+    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.f{i}", "t.")
+    keys = [("f0", "BIGINT"), *((f"f{1 + k}", _GUARD_TYPES[c]) for k, c in enumerate(shape.guards))]
+    select = (
+        # JSON rows first, then each task by primary key: locks exactly these rows
+        f"SELECT t.id FROM {_json_table(keys)} AS v"
+        f" STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON {key}"
+        f" WHERE {guard} ORDER BY t.id FOR UPDATE"
+    )
+    # the written rows leave out the guard values: f0, then f<n>... (their places in guard_row)
+    update = f"UPDATE ({{}}) AS v STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON {key} SET {sets}"
+    return select, update
+
 
 _URL_OPTIONS = ("pool_size", "pool_timeout", "connect_timeout", "unix_socket")
 
@@ -557,44 +587,24 @@ class MysqlStore(SqlStore):
                 raise
             return int(found[0])
 
-    # --- batched compare-and-set ---------------------------------------------------------------
-    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Set-based (MySQL has no ``UPDATE ... RETURNING``): per shape of change, one
-        ``SELECT ... FOR UPDATE`` finds and locks the rows whose guard holds and one
-        ``UPDATE ... JOIN`` writes them, each with its rows as one JSON parameter."""
-        held_ids: set[int] = set()
-        for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
-            key_columns: list[tuple[str, str]] = [("id", "BIGINT")]
-            guard = "t.id = v.id"
-            if fenced:
-                key_columns += [("w", "VARCHAR(255)"), ("a", "INT")]
-                guard += " AND t.worker_id = v.w AND t.attempt = v.a"
-            if staged:
-                key_columns.append(("s", "INT"))
-                guard += " AND t.stage = v.s"
-            shaped = self._shape_rows(cols, group)
-            keys = [[row[0], *row[1 + len(cols) :]] for row in shaped]
-            cur.execute(
-                # JSON rows first, then each task by primary key: locks exactly these rows
-                f"SELECT t.id FROM {_json_table(key_columns)} AS v"
-                f" STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON {guard}"
-                f" WHERE t.status IN ({', '.join(['%s'] * len(statuses))})"
-                " ORDER BY t.id FOR UPDATE",
-                [_json(keys), *statuses],
-            )
-            ok = {int(r[0]) for r in cur.fetchall()}
-            rows = [row[: 1 + len(cols)] for row in shaped if row[0] in ok]
-            if rows:
-                names = ["id", *(f"c{k}" for k in range(len(cols)))]
-                sets = ", ".join(f"t.{col} = v.c{k}" for k, col in enumerate(cols))
-                cur.execute(
-                    f"UPDATE ({_derived(names, rows)}) AS v STRAIGHT_JOIN {T} AS t"
-                    f" FORCE INDEX (PRIMARY) ON t.id = v.id SET {sets}"
-                )
-            held_ids |= ok
-        held = [c.task_id in held_ids for c in changes]
-        self._write_held_rows(cur, changes, held)
-        return held
+    # --- the guarded update of a shape ---------------------------------------------------------
+    def _guarded_update(
+        self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
+    ) -> Callable[[], Iterable[int]]:
+        """MySQL has no ``UPDATE ... RETURNING``: one ``SELECT ... FOR UPDATE`` finds and locks
+        the rows whose guard holds (their keys one JSON parameter), and one ``UPDATE ... JOIN``
+        of literal rows writes those. A single row takes the portable statement instead (its
+        row count says whether it held: one statement, not two)."""
+        if len(rows) == 1:
+            return super()._guarded_update(cur, shape, rows)
+        select, update = _guarded_update_sql(shape)
+        n = 1 + len(shape.guards)
+        cur.execute(select, (_json([row[:n] for row in rows]),))
+        ok = {int(r[0]) for r in cur.fetchall()}
+        held = [[row[0], *row[n:]] for row in rows if row[0] in ok]
+        if held:
+            cur.execute(update.format(_derived(_written_names(shape), held)))
+        return lambda: ok
 
     def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

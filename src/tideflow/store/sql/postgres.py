@@ -15,10 +15,11 @@ Liveness and eligibility are judged by the server's clock in the statement (:dat
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,8 +39,10 @@ from tideflow.store.sql.base import (
     A,
     Cursor,
     E,
+    Shape,
     SqlStore,
     T,
+    guarded_update_terms,
 )
 
 __all__ = ["CHANNEL", "DONE_CHANNEL", "PostgresStore"]
@@ -263,6 +266,19 @@ _CLOSE_ATTEMPTS = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _guarded_update_sql(shape: Shape) -> str:
+    """The guarded UPDATE of ``shape``, its rows one JSON parameter (:func:`_json`). The guard
+    sits in ``COALESCE``, out of the planner's reach: the rows are found by id alone."""
+    types = ["bigint", *(_COLUMN_TYPES[c] for c in shape.guards)]
+    types += [_COLUMN_TYPES[c] for c in shape.columns]
+    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.c{i}", "t.")
+    return (
+        f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
+        f" WHERE {key} AND COALESCE({guard}, false) RETURNING t.id"
+    )
+
+
 def _conninfo(url: str) -> str:
     """``url`` as libpq accepts it (``psql://`` and ``postgres://`` become ``postgresql://``)."""
     scheme, sep, rest = url.partition("://")
@@ -327,6 +343,8 @@ class _Tx:
         self._stack: contextlib.ExitStack | None = None
         self._pipeline: psycopg.Pipeline | None = None
         self._last: psycopg.Cursor[Any] | None = None
+        #: whether statements were queued since the pipeline was last synced
+        self._queued = False
         self.events: list[Sequence[Any]] = []
         self.opens: list[Sequence[Any]] = []
         self.closes: list[Sequence[Any]] = []
@@ -343,6 +361,7 @@ class _Tx:
     def _leave(self, *exc: Any) -> None:
         """Leave pipeline mode (sending and checking everything queued)."""
         stack, self._stack, self._pipeline = self._stack, None, None
+        self._queued = False
         if stack is not None:
             stack.__exit__(*(exc or (None, None, None)))
 
@@ -361,22 +380,27 @@ class _Tx:
         raise NotImplementedError("use RETURNING id")
 
     def sync(self) -> None:
-        """Send everything queued and wait for the results."""
-        if self._pipeline is not None:
+        """Send everything queued and wait for the results (nothing to do, and no round trip,
+        when nothing was queued since the last sync)."""
+        if self._pipeline is not None and self._queued:
             self._pipeline.sync()
+            self._queued = False
 
     def new_cursor(self) -> psycopg.Cursor[Any]:
         """A cursor of its own for one statement whose result is read later."""
         self._pipelined()
+        self._queued = True
         return self._conn.cursor()
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
         self._pipelined()
+        self._queued = True
         self._last = self._conn.cursor()
         return self._last.execute(sql, params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any:
         self._pipelined()
+        self._queued = True
         self._last = self._conn.cursor()
         return self._last.executemany(sql, params)
 
@@ -663,48 +687,35 @@ class PostgresStore(SqlStore):
                 return int(found[0])
         raise StoreError(f"could not insert or find the open task with unique_key {key!r}")
 
-    # --- batched compare-and-set ---------------------------------------------------------------
-    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Set-based: one guarded ``UPDATE ... FROM (rows of one JSON parameter)`` per shape of
-        change, ``RETURNING`` the ids whose guard held; all pipelined in one round trip."""
+    # --- the guarded update of a shape, and wake-ups -----------------------------------------
+    def _guarded_update(
+        self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
+    ) -> Callable[[], Iterable[int]]:
+        """One ``UPDATE ... FROM`` (the rows as one JSON parameter) ``RETURNING`` the ids that
+        held, on a pipelined cursor of its own: every shape of a run costs one round trip."""
         assert isinstance(cur, _Tx)
-        pending = []
-        for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
-            rows = self._shape_rows(cols, group)
-            types = ["bigint", *(_COLUMN_TYPES[col] for col in cols)]
-            guard = ""
-            if fenced:
-                types += ["text", "integer"]
-                guard += f" AND t.worker_id = v.c{len(cols) + 1} AND t.attempt = v.c{len(cols) + 2}"
-            if staged:
-                types.append("integer")
-                guard += f" AND t.stage = v.c{len(types) - 1}"
-            sets = ", ".join(f"{col} = v.c{k + 1}" for k, col in enumerate(cols))
-            sql = (
-                f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
-                f" WHERE t.id = v.c0 AND COALESCE(t.status = ANY(%s){guard}, false) RETURNING t.id"
-            )
-            update = cur.new_cursor()
-            update.execute(sql, [_json(rows), list(statuses)])
-            pending.append(update)
-        cur.sync()
-        ids: set[int] = set()
-        for update in pending:
-            ids |= {int(r[0]) for r in update.fetchall()}
+        update = cur.new_cursor()
+        update.execute(_guarded_update_sql(shape), (_json(rows),))
+
+        def read() -> list[int]:
+            cur.sync()
+            ids = [int(r[0]) for r in update.fetchall()]
             update.close()
-        held = [c.task_id in ids for c in changes]
-        done = [
-            c.task_id
-            for c, ok in zip(changes, held, strict=True)
-            if ok and c.values.get("status") in TERMINAL_STATUSES
-        ]
-        if done:
-            cur.done += done
+            return ids
+
+        return read
+
+    def _on_held(self, cur: Cursor, changes: Sequence[Change]) -> None:
+        """Note the wake-ups to send at commit: ``tideflow_tasks`` when a change made a task
+        due now, the ids of tasks it made terminal on ``tideflow_done``."""
+        assert isinstance(cur, _Tx)
         now = self.clock()
-        if any(ok and _due_now(c.values, now) for c, ok in zip(changes, held, strict=True)):
-            _notify(cur)
-        self._write_held_rows(cur, changes, held)
-        return held
+        for c in changes:
+            status = c.values.get("status")
+            if status in TERMINAL_STATUSES:
+                cur.done.append(c.task_id)
+            elif not cur.notify and _due_now(c.values, now):
+                cur.notify = True
 
     def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
         assert isinstance(cur, _Tx)
@@ -716,15 +727,6 @@ class PostgresStore(SqlStore):
         assert isinstance(cur, _Tx)
         cur.opens += opens
         cur.closes += closes
-
-    def _apply_one(self, cur: Cursor, change: Change, *, events: bool = True) -> bool:
-        held = super()._apply_one(cur, change, events=events)
-        if held and _due_now(change.values, self.clock()):
-            _notify(cur)
-        if held and change.values.get("status") in TERMINAL_STATUSES:
-            assert isinstance(cur, _Tx)
-            cur.done.append(change.task_id)
-        return held
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         self._get_pool()

@@ -15,15 +15,24 @@ once per row scanned. The claim still walks its partial index (``EXPLAIN QUERY P
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from tideflow.core.types import Change, ClaimRequest
+from tideflow.core.types import ClaimRequest
 from tideflow.errors import StoreError
-from tideflow.store.sql.base import CLAIMABLE, TASK_SELECT, Cursor, SqlStore, T
+from tideflow.store.sql.base import (
+    CLAIMABLE,
+    TASK_SELECT,
+    Cursor,
+    Shape,
+    SqlStore,
+    T,
+    guarded_update_terms,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -161,6 +170,17 @@ def _covers(requires: str | None, capabilities: str) -> int:
 _CHUNK = 256
 
 
+@functools.lru_cache(maxsize=512)
+def _guarded_update_sql(shape: Shape, size: int) -> str:
+    """The guarded UPDATE of ``size`` rows of ``shape``: ``UPDATE ... FROM (VALUES ...)``."""
+    width = 1 + len(shape.guards) + len(shape.columns)
+    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.column{i + 1}", f"{T}.")
+    rows = ", ".join(["(" + ", ".join("?" * width) + ")"] * size)
+    return (
+        f"UPDATE {T} SET {sets} FROM (VALUES {rows}) AS v WHERE {key} AND {guard} RETURNING {T}.id"
+    )
+
+
 class SqliteStore(SqlStore):
     """The embedded default store."""
 
@@ -234,42 +254,26 @@ class SqliteStore(SqlStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite error: {exc}") from None
 
-    def _apply_simple(self, cur: Cursor, changes: Sequence[Change]) -> list[bool]:
-        """Set-based where SQLite has ``UPDATE ... FROM`` and ``RETURNING`` (3.35+): one
-        guarded UPDATE per shape of change (and per :data:`_CHUNK` rows), its rows bound as a
-        VALUES list, returning the ids whose guard held."""
+    def _guarded_update(
+        self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
+    ) -> Callable[[], Iterable[int]]:
+        """Where SQLite has ``UPDATE ... FROM`` and ``RETURNING`` (3.35+): one statement per
+        :data:`_CHUNK` rows, the rows bound as a ``VALUES`` list, returning the ids that
+        held; older SQLite gets the portable statement per row."""
         if sqlite3.sqlite_version_info < (3, 35):
-            return super()._apply_simple(cur, changes)
-        held_ids: set[int] = set()
-        for (cols, statuses, fenced, staged), group in self._shapes(changes).items():
-            width = 1 + len(cols) + (2 if fenced else 0) + (1 if staged else 0)
-            sets = ", ".join(f"{col} = v.column{k + 2}" for k, col in enumerate(cols))
-            guard = f"{T}.status IN ({', '.join('?' * len(statuses))})"
-            extra = len(cols) + 2
-            if fenced:
-                guard += (
-                    f" AND {T}.worker_id = v.column{extra} AND {T}.attempt = v.column{extra + 1}"
-                )
-                extra += 2
-            if staged:
-                guard += f" AND {T}.stage = v.column{extra}"
-            row_marks = "(" + ", ".join("?" * width) + ")"
-            for start in range(0, len(group), _CHUNK):
-                chunk = group[start : start + _CHUNK]
-                # padded to a power of two with rows that match nothing (NULL ids), so a few
-                # statement texts cover every batch and stay in sqlite3's statement cache
-                size = 1 << (len(chunk) - 1).bit_length()
-                params = [v for row in self._shape_rows(cols, chunk) for v in row]
-                params += [None] * (width * (size - len(chunk)))
-                cur.execute(
-                    f"UPDATE {T} SET {sets} FROM (VALUES {', '.join([row_marks] * size)})"
-                    f" AS v WHERE {T}.id = v.column1 AND {guard} RETURNING {T}.id",
-                    [*params, *statuses],
-                )
-                held_ids.update(r[0] for r in cur.fetchall())
-        held = [c.task_id in held_ids for c in changes]
-        self._write_held_rows(cur, changes, held)
-        return held
+            return super()._guarded_update(cur, shape, rows)
+        width = len(rows[0])
+        held: list[int] = []
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            # padded to a power of two with rows that match nothing (NULL ids), so a few
+            # statement texts cover every batch and stay in sqlite3's statement cache
+            size = 1 << (len(chunk) - 1).bit_length()
+            params = [v for row in chunk for v in row]
+            params += [None] * (width * (size - len(chunk)))
+            cur.execute(_guarded_update_sql(shape, size), params)
+            held += [r[0] for r in cur.fetchall()]
+        return lambda: held
 
     def _floor(self, expression: str) -> str:
         # FLOOR() needs SQLite's optional math functions; times are never negative
