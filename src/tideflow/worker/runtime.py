@@ -345,9 +345,12 @@ class Worker:
         Up to ``Store.parallel_exchanges`` exchanges (outcomes plus a claim, one transaction
         each) are on their way at once, each claiming at most its share of the slots: while one
         waits on the database, the handlers of the other's batch run and free their slots.
+        While the last claim came back short (an idle queue), one claim at a time: a poll or a
+        poke of an idle worker is one transaction, not one per parallel exchange.
         """
         assert self._wake is not None
         idle_until = 0.0  # after a claim came back short, only a poke claims again before this
+        short = True  # the last claim that landed came back short
         while not self._closing:
             poll = self._settings().poll_interval
             self._wake.clear()
@@ -358,6 +361,8 @@ class Worker:
                     and time.monotonic() >= idle_until
                 ):
                     request = self._claim_request(self._now())
+                if request is not None and short and any(self._exchanges.values()):
+                    request = None  # idle: one claim at a time
                 if request is None and not self._completer.pending():
                     break
                 if request is not None:
@@ -376,12 +381,15 @@ class Worker:
             finally:
                 waiter.cancel()
             for trip in done & self._exchanges.keys():
-                del self._exchanges[trip]
+                claimed = self._exchanges.pop(trip)
                 if trip.cancelled() or trip.exception() is not None:
                     log.error("an exchange failed", exc_info=trip.exception())
                     idle_until = time.monotonic() + poll
                 elif trip.result():
                     idle_until = time.monotonic() + poll
+                    short = short or claimed
+                elif claimed:
+                    short = False
             if waiter in done or not done:
                 idle_until = 0.0  # poked (a submit, a freed slot) or the poll came round
         if self._exchanges:
