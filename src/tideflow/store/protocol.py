@@ -97,6 +97,11 @@ class Store(Protocol):
         Due means ``next_run_time <=`` the database's now, in the statement; ``request.now``
         is only the plan's time (take it from :meth:`clock`)."""
 
+    def next_due(self) -> float | None:
+        """The earliest ``next_run_time`` of the tasks waiting to be claimed (pending, failed,
+        timeout; whatever their name or requirements), or None when none waits: an idle worker
+        on a store with a push channel sleeps until then (or a wake-up) instead of polling."""
+
     def apply(self, changes: Sequence[Change]) -> list[bool]:
         """Apply each change as compare-and-set, all in one transaction; say which held."""
 

@@ -49,6 +49,10 @@ SELF_FENCE_FRACTION = 0.5
 #: the most tasks a worker claims ahead of its free slots (see ``Worker._prefetch``)
 PREFETCH_MAX = 200
 
+#: on a store with a push channel (PostgreSQL NOTIFY), the longest an idle worker sleeps
+#: without a wake-up before it claims again (see ``Worker._idle_wait``)
+SAFETY_POLL = 30.0
+
 
 _INTERNAL = (
     os.path.dirname(os.path.abspath(__file__)),
@@ -160,6 +164,7 @@ class Worker:
         # (task id, attempt) whose row this worker still owns on purpose: running, or with an
         # outcome queued but not yet written; anything else it owns is an orphan
         self._inflight: set[tuple[int, int]] = set()
+        self._pushed = False  # the store wakes this worker when work may be due (subscribe)
 
     # --- control from other threads ------------------------------------------------------------
     @property
@@ -276,6 +281,7 @@ class Worker:
             return
         self._started.set()
         unsubscribe = self._store.subscribe(self.notify)
+        self._pushed = unsubscribe is not None
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat"),
             asyncio.create_task(self._maintenance_loop(), name="tideflow-maintenance"),
@@ -380,6 +386,7 @@ class Worker:
                 )
             finally:
                 waiter.cancel()
+            came_back_short = False
             for trip in done & self._exchanges.keys():
                 claimed = self._exchanges.pop(trip)
                 if trip.cancelled() or trip.exception() is not None:
@@ -388,12 +395,36 @@ class Worker:
                 elif trip.result():
                     idle_until = time.monotonic() + poll
                     short = short or claimed
+                    came_back_short = came_back_short or claimed
                 elif claimed:
                     short = False
             if waiter in done or not done:
                 idle_until = 0.0  # poked (a submit, a freed slot) or the poll came round
+            elif came_back_short and self._pushed and not self._exchanges:
+                wait = await self._idle_wait(poll)
+                # a wake-up that came while next_due() was on its way must not be lost
+                idle_until = 0.0 if self._wake.is_set() else time.monotonic() + wait
         if self._exchanges:
             await asyncio.wait(list(self._exchanges))
+
+    async def _idle_wait(self, poll: float) -> float:
+        """How long an idle worker on a store with a push channel sleeps before it claims again.
+
+        The store wakes it when a transaction makes a task claimable (``subscribe``), so after
+        a short claim it needs to look again only when the earliest waiting task falls due
+        (``next_due()``, one read), or after ``SAFETY_POLL`` at the latest (a missed wake-up,
+        a task another worker could not take). ``poll_interval`` stays the wait of stores
+        without a push channel, and of a failed read.
+        """
+        try:
+            due = await self._db(self._store.next_due)
+        except Exception as exc:
+            log.debug("next_due() failed, polling: %s", exc)
+            return poll
+        wait = max(poll, SAFETY_POLL)
+        if due is not None:
+            wait = min(wait, due - self._now())
+        return max(0.001, wait)
 
     def _reserve(self, request: ClaimRequest, sign: int) -> None:
         self._reserved += sign * request.limit

@@ -792,6 +792,12 @@ class SqlStore:
             )
             return [(str(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
 
+    def next_due(self) -> float | None:
+        with self._read() as cur:
+            cur.execute(f"SELECT MIN(next_run_time) FROM {T} WHERE status IN ({_CLAIMABLE_LIST})")
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def waiting_counts(self) -> list[tuple[str, str | None, int]]:
         with self._read() as cur:
             cur.execute(

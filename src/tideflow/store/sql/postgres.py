@@ -3,9 +3,10 @@
 Every store operation borrows a pooled connection for one transaction (committed on exit, rolled
 back on error); the pool checks a connection before lending it, so connections the server dropped
 are replaced. Workers claim with ``FOR UPDATE SKIP LOCKED`` over a partial index on claimable
-statuses. A transaction that makes a task due now sends ``NOTIFY tideflow_tasks``; subscribers
-hold one dedicated autocommit connection that LISTENs and wakes the claim loop (polling stays as
-the fallback). A transaction that moves tasks to a terminal status sends their ids on
+statuses. A transaction that makes a task claimable (due now or later) sends ``NOTIFY
+tideflow_tasks``; subscribers hold one dedicated autocommit connection that LISTENs and wakes
+the claim loop (an idle worker then sleeps until ``next_due()``; polling stays as the
+fallback). A transaction that moves tasks to a terminal status sends their ids on
 ``tideflow_done`` (one ``pg_notify`` per transaction, comma-separated); ``tm.wait`` listens there
 on one connection per store, shared by every waiter.
 
@@ -319,12 +320,10 @@ def _parse_done(payload: str, schema: str | None) -> list[int] | None:
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
 
 
-def _due_now(values: Any, now: float) -> bool:
-    """Whether a row written with ``values`` can be claimed now."""
-    if values.get("status") not in CLAIMABLE:
-        return False
-    next_run = values.get("next_run_time")
-    return next_run is None or float(next_run) <= now
+def _waits(values: Any) -> bool:
+    """Whether a row written with ``values`` waits to be claimed, now or later: a worker woken
+    for a task due later finds its claim short and sleeps until ``next_due()``."""
+    return values.get("status") in CLAIMABLE
 
 
 class _Tx:
@@ -639,7 +638,6 @@ class PostgresStore(SqlStore):
             (len(tasks),),
         )
         reserved = sorted(int(r[0]) for r in cur.fetchall())
-        now = self.clock()
         ids: list[int] = []
         rows: list[list[Any]] = []
         events: list[tuple[Any, ...]] = []
@@ -662,7 +660,7 @@ class PostgresStore(SqlStore):
             ids.append(task_id)
             parent_id = values.get("parent_id")
             events += [self._event_params(task_id, root_id, parent_id, e) for e in task.events]
-            if _due_now(values, now):
+            if _waits(values):
                 _notify(cur)
         if len(rows) >= COPY_MIN_ROWS:
             assert isinstance(cur, _Tx)
@@ -707,14 +705,13 @@ class PostgresStore(SqlStore):
 
     def _on_held(self, cur: Cursor, changes: Sequence[Change]) -> None:
         """Note the wake-ups to send at commit: ``tideflow_tasks`` when a change made a task
-        due now, the ids of tasks it made terminal on ``tideflow_done``."""
+        claimable (due now or later), the ids of tasks it made terminal on ``tideflow_done``."""
         assert isinstance(cur, _Tx)
-        now = self.clock()
         for c in changes:
             status = c.values.get("status")
             if status in TERMINAL_STATUSES:
                 cur.done.append(c.task_id)
-            elif not cur.notify and _due_now(c.values, now):
+            elif not cur.notify and _waits(c.values):
                 cur.notify = True
 
     def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
