@@ -3,9 +3,11 @@ a NOTIFY or the next due task instead of polling."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from support.wait import wait_for_status
+from support.workers import claim_as, ghost
 
 
 def test_next_due_is_the_earliest_waiting_task(make_manager: Any) -> None:
@@ -40,3 +42,23 @@ def test_an_idle_worker_wakes_for_a_task_delayed_elsewhere(postgres_url: str) ->
         worker.stop(timeout=5)
         worker.close()
         submitter.close()
+
+
+def test_heartbeat_is_both_heartbeats_and_the_clock_in_one_call(make_manager: Any) -> None:
+    tm = make_manager()
+    tm.use("job", lambda task: None)
+    task_id = tm.submit("job")
+    store = tm._store
+    ghost(tm, "beater", last_seen=time.time() - 20)
+    claim_as(tm, "beater", task_id)
+    before = store.get_task(task_id).heartbeat_at
+    seen_before = tm.get_worker("beater").last_seen_at
+
+    owned, status, offset = store.heartbeat("beater", 30.0)
+
+    assert owned == {task_id: 1}
+    assert status == "active"
+    assert abs(offset) < 5.0
+    assert store.get_task(task_id).heartbeat_at >= before
+    assert tm.get_worker("beater").last_seen_at > seen_before
+    assert store.heartbeat("nobody", 30.0)[:2] == ({}, None)

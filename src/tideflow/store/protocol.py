@@ -219,6 +219,13 @@ class Store(Protocol):
         """Set the worker's ``last_seen_at`` to the database's now and ``expires_at`` to now
         plus ``timeout``; return its status as stored (None if the row is gone)."""
 
+    def heartbeat(self, worker_id: str, timeout: float) -> tuple[dict[int, int], str | None, float]:
+        """:meth:`heartbeat_tasks` and :meth:`heartbeat_worker` in one transaction, which also
+        reads the database's now: returns ``{task_id: attempt}`` of the worker's running tasks,
+        its status as stored (None if the row is gone) and the clock offset measured against
+        that read (server minus the midpoint of the local times around the transaction; 0 on
+        SQLite), which :meth:`clock` then uses as if :meth:`sync_clock` had measured it."""
+
     def set_worker_status(self, worker_id: str, status: str, now: float) -> None:
         """Set a worker's status (e.g. ``stopped`` after a graceful stop)."""
 

@@ -54,6 +54,10 @@ class Completer:
             return bool(self._queue)
         return any(change.task_id not in self._busy for change, _ in self._queue)
 
+    def queued(self) -> int:
+        """How many changes are queued (whether or not :meth:`take` would take them now)."""
+        return len(self._queue)
+
     def take(self) -> list[Item]:
         """Take up to one batch of queued changes; :meth:`resolve` must follow.
 

@@ -371,6 +371,8 @@ class Worker:
                     request = None  # idle: one claim at a time
                 if request is None and not self._completer.pending():
                     break
+                if self._exchanges and not self._worth_another(request):
+                    break  # the exchange on its way wakes the loop when it lands
                 if request is not None:
                     self._reserve(request, 1)  # now: the next request must see it
                 trip = asyncio.create_task(
@@ -406,6 +408,22 @@ class Worker:
                 idle_until = 0.0 if self._wake.is_set() else time.monotonic() + wait
         if self._exchanges:
             await asyncio.wait(list(self._exchanges))
+
+    def _worth_another(self, request: ClaimRequest | None) -> bool:
+        """Whether to start an exchange while another is on its way: only with at least half
+        the slots' worth of outcomes queued or of rows to claim.
+
+        Sync handlers return one at a time, each freeing a slot and waking the loop: starting
+        an exchange at each wake-up sent many transactions of one or two outcomes each (the
+        worker paid a database round trip per few tasks; a no-op drain with 10 slots ran at
+        0.5x of ``async def``). Outcomes that arrive while an exchange is on its way now wait
+        for it to land (at most one round trip) and go together; the stop and flush paths are
+        unchanged, as the exchange that lands wakes the loop again.
+        """
+        gather = max(1, self._settings().max_concurrent_tasks // 2)
+        if request is not None and request.limit >= gather:
+            return True
+        return self._completer.queued() >= gather
 
     async def _idle_wait(self, poll: float) -> float:
         """How long an idle worker on a store with a push channel sleeps before it claims again.
@@ -716,19 +734,20 @@ class Worker:
                 await asyncio.wait_for(self._beat.wait(), interval)
             self._beat.clear()
             owned: dict[int, int] | None = None
-            try:
-                # only attempts claimed before the heartbeat's read can be judged by it
-                checked = dict(self._active)
-                owned = await self._db(self._store.heartbeat_tasks, self.worker_id)
-                self._fence_lost(checked, owned)
-            except Exception as exc:
-                log.warning("task heartbeat of worker %s failed: %s", self.worker_id, exc)
+            # only attempts claimed before the heartbeat's read can be judged by it
+            checked = dict(self._active)
             if time.monotonic() - last_worker >= worker_every * 0.9:
                 last_worker = time.monotonic()
-                try:
-                    await self._worker_heartbeat(settings)
+                try:  # the task heartbeat, the worker's own and the clock: one transaction
+                    owned = await self._worker_heartbeat(settings, checked)
                 except Exception as exc:
                     log.warning("heartbeat of worker %s failed: %s", self.worker_id, exc)
+            else:
+                try:
+                    owned = await self._db(self._store.heartbeat_tasks, self.worker_id)
+                    self._fence_lost(checked, owned)
+                except Exception as exc:
+                    log.warning("task heartbeat of worker %s failed: %s", self.worker_id, exc)
             if owned is not None and not self._out_of_contact:
                 running = set(self._inflight)
                 try:
@@ -798,15 +817,34 @@ class Worker:
                 log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
                 self._abandon(a)
 
-    async def _worker_heartbeat(self, settings: ManagerSettings) -> None:
-        """The worker's own heartbeat, then what its stored status calls for: claim nothing
-        while superseded or dead, register again after a lost contact or a change of
-        handlers."""
+    async def _worker_heartbeat(
+        self, settings: ManagerSettings, checked: Mapping[int, Attempt]
+    ) -> dict[int, int] | None:
+        """The task heartbeat, the worker's own and the clock offset in one transaction
+        (``Store.heartbeat``), then what its stored status calls for: claim nothing while
+        superseded or dead, register again after a lost contact or a change of handlers.
+        Returns what the worker owns, as the task heartbeat read it (None if it failed)."""
         started = time.monotonic()
-        status = await self._db(
-            self._store.heartbeat_worker, self.worker_id, settings.worker_heartbeat_timeout
-        )
+        timeout = settings.worker_heartbeat_timeout
+        owned: dict[int, int] | None = None
+        try:
+            owned, status, self._offset = await self._db(
+                self._store.heartbeat, self.worker_id, timeout
+            )
+        except Exception as exc:
+            # one step failing (e.g. the task heartbeat) must not stop the worker's own: each
+            # step again on its own, each failing alone
+            log.warning("heartbeat of worker %s failed, step by step: %s", self.worker_id, exc)
+            started = time.monotonic()
+            try:
+                owned = await self._db(self._store.heartbeat_tasks, self.worker_id)
+            except Exception as exc:
+                log.warning("task heartbeat of worker %s failed: %s", self.worker_id, exc)
+            status = await self._db(self._store.heartbeat_worker, self.worker_id, timeout)
+            self._offset = await self._db(self._store.sync_clock)
         self._contact = started
+        if owned is not None:
+            self._fence_lost(checked, owned)
         rejoin = self._out_of_contact
         if rejoin:
             self._regain_contact()
@@ -814,7 +852,7 @@ class Worker:
             await self._fenced_off(status, settings)
         elif status is None or rejoin or self._registered_version != self._registry.version:
             await self._register(settings)
-        self._offset = await self._db(self._store.sync_clock)
+        return owned
 
     def _regain_contact(self) -> None:
         log.warning("worker %s reached the database again and carries on", self.worker_id)

@@ -1040,6 +1040,43 @@ class SqlStore:
                 (status, *worker_ids),
             )
 
+    def heartbeat(self, worker_id: str, timeout: float) -> tuple[dict[int, int], str | None, float]:
+        now = self.now_sql
+        before = time.time()
+        with self._write() as cur:
+            cur.execute(
+                self._q(
+                    f"UPDATE {T} SET heartbeat_at = {now}"
+                    " WHERE worker_id = ? AND status = 'running'"
+                ),
+                (worker_id,),
+            )
+            cur.execute(
+                self._q(
+                    f"UPDATE {W} SET last_seen_at = {now}, expires_at = {now} + ?"
+                    " WHERE worker_id = ?"
+                ),
+                (timeout, worker_id),
+            )
+            cur.execute(
+                self._q(f"SELECT id, attempt FROM {T} WHERE worker_id = ? AND status = 'running'"),
+                (worker_id,),
+            )
+            owned = {int(r[0]): int(r[1]) for r in cur.fetchall()}
+            cur.execute(
+                self._q(f"SELECT (SELECT status FROM {W} WHERE worker_id = ?), {now}"),
+                (worker_id,),
+            )
+            row = cur.fetchone()
+        after = time.time()
+        status = None if row[0] is None else str(row[0])
+        with self._clock_lock:
+            if self.dialect != "sqlite":  # SQLite: one host, one clock, offset 0
+                self._clock_offset = float(row[1]) - (before + after) / 2
+            self._clock_measured = time.monotonic()
+            offset = self._clock_offset
+        return owned, status, offset
+
     def heartbeat_worker(self, worker_id: str, timeout: float) -> str | None:
         now = self.now_sql
         with self._write() as cur:
