@@ -251,6 +251,8 @@ def test_failing_steps_do_not_stop_the_workers_own_heartbeat(
     monkeypatch.setattr(store, "get_task", broken_for_the_worker(store.get_task))
     claim_as(tm, tm.worker_id, task_id)  # an orphan: owned by the worker, never run
     heartbeats_pass(tm, rounds=2)  # the orphan has been seen
+    # the combined heartbeat fails, and so does the task heartbeat of its one-by-one fallback
+    monkeypatch.setattr(store, "heartbeat", broken_for_the_worker(store.heartbeat))
     monkeypatch.setattr(store, "heartbeat_tasks", broken_for_the_worker(store.heartbeat_tasks))
     heartbeats_pass(tm, rounds=4)
     assert status_of(tm, tm.worker_id) == "active"
