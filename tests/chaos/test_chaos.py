@@ -116,7 +116,16 @@ class Chaos:
             proxy.cut()
             cut_at = time.time()
             self.cluster.note(f"network cut for {cut} ({_running_on(self.client, cut[0])} running)")
-            time.sleep(HB_TIMEOUT + 1.5)
+            # the cut lasts until the cut-off worker has been judged dead by the others
+            wait_for(
+                lambda: all(
+                    quietly(lambda w=w: self.client.get_worker(w.worker_id).status) == "dead"
+                    for w in cut
+                ),
+                timeout=HB_TIMEOUT * 4 + 10,
+                interval=0.05,
+                message=lambda: f"the cut-off worker was never judged dead\n{self.cluster.tails()}",
+            )
             proxy.resume()
             self.cluster.note("network back")
             for w in cut:
@@ -268,7 +277,18 @@ def test_cut_off_worker_stops_before_it_is_judged_dead(
         proxy.cut()
         cut_at = time.time()
         cluster.note("network cut")
-        time.sleep(cut_for)
+        # the cut lasts until the other worker has taken both tasks over (a cut-off worker must
+        # have stopped them by then), and at least cut_for seconds
+        wait_for(
+            lambda: all(
+                quietly(lambda i=i: client.get_task(i).worker_id) == steady.worker_id
+                for i in long_ids
+            ),
+            timeout=60,
+            interval=0.05,
+            message=lambda: f"nobody took the cut-off worker's tasks over\n{cluster.tails()}",
+        )
+        wait_for(lambda: time.time() >= cut_at + cut_for, timeout=cut_for + 1, interval=0.05)
         proxy.resume()
         cluster.note("network back")
         cluster.excuse(cut_at, time.time(), cut)

@@ -37,7 +37,10 @@ def store(db_url: str) -> Iterator[Store]:
 def server_store(store: Store) -> Store:
     """The store, on a backend with a server clock of its own (PostgreSQL, MySQL)."""
     if store.dialect not in SERVER_DIALECTS:
-        pytest.skip("SQLite has one host and one clock")
+        pytest.skip(
+            "SQLite runs on one host: its clock is this host's clock,"
+            " so there is no server clock to disagree with"
+        )
     return store
 
 

@@ -14,7 +14,10 @@ from tideflow.store.factory import open_store
 
 def mysql_store(db_url: str, options: str) -> Any:
     if not db_url.startswith("mysql"):
-        pytest.skip("the MySQL connection pool")
+        pytest.skip(
+            "only the MySQL store keeps its own connection pool"
+            " (PostgreSQL uses psycopg_pool, SQLite one connection)"
+        )
     store = open_store(f"{db_url}?{options}")
     store.setup()
     return store

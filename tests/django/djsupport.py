@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from support.wait import wait_for, wait_for_status
+
 HERE = Path(__file__).resolve().parent
 BACKEND = "tideflow.contrib.django.TideflowBackend"
 
@@ -86,21 +88,10 @@ def wait_finished(result: Any, timeout: float = 60.0) -> Any:
 
 
 def wait_tideflow(manager: Any, task_id: int, timeout: float = 60.0) -> Any:
-    """Poll a tideflow task until it is completed or permanently_failed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = manager.get_task(task_id)
-        if info is not None and info.status in ("completed", "permanently_failed"):
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} not finished after {timeout}s: {info}")
-        time.sleep(0.02)
+    """Wait until a tideflow task is completed or permanently_failed."""
+    return wait_for_status(manager, task_id, "completed", "permanently_failed", timeout=timeout)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     """Poll ``condition`` until it holds; fails the test naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout}s")
-        time.sleep(0.05)
+    wait_for(condition, timeout=timeout, interval=0.05, message=f"no {what}")
