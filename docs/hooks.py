@@ -230,7 +230,7 @@ def _metrics() -> str:
 
 
 def _schema() -> str:
-    from tideflow.cli import schema_sql
+    from tideflow.store.sql import script as schema_sql
 
     parts = []
     for dialect in schema_sql.DIALECTS:

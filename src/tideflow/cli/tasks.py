@@ -10,12 +10,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from tideflow.cli import schema_sql
 from tideflow.cli.common import CliError, add_db_option, open_manager, resolve_db
 from tideflow.cli.format import duration, one_line, print_table, short_json, when
 from tideflow.errors import TideflowError
 from tideflow.manager import TaskManager
 from tideflow.models import Status, TaskInfo
+from tideflow.store.sql import script as sql_script
+from tideflow.store.url import backend_of
 
 __all__ = ["add_commands"]
 
@@ -37,7 +38,7 @@ def add_commands(sub: Any) -> None:
         " the whole schema from an empty database (or from --from-version).",
     )
     add_db_option(sql)
-    sql.add_argument("--dialect", choices=schema_sql.DIALECTS, help="instead of --db")
+    sql.add_argument("--dialect", choices=sql_script.DIALECTS, help="instead of --db")
     sql.add_argument(
         "--from-version",
         type=_non_negative,
@@ -208,14 +209,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
         if args.from_version is not None:
             raise CliError("--from-version goes with --dialect (with --db it is read)")
         db = resolve_db(args)
-        dialect = schema_sql.dialect_of(db)
+        dialect = _dialect_of(db)
         tm = open_manager(db)
         try:
             current = tm._store.schema_version()
             where = f"{tm._store.safe_url} (schema version {current})"
         finally:
             tm.close()
-    sys.stdout.write(schema_sql.render(dialect, current, where))
+    sys.stdout.write(sql_script.render(dialect, current, where))
     return 0
 
 
@@ -562,3 +563,11 @@ def cmd_retention(args: argparse.Namespace) -> int:
             f" and {deleted['attempts_deleted']} attempt(s)\n"
         )
     return 0
+
+
+def _dialect_of(db: str) -> str:
+    """The dialect of connection string ``db``."""
+    backend = backend_of(db)
+    if backend is None:
+        raise CliError(f"cannot tell the database of {db.split(':', 1)[0]!r}: use --dialect")
+    return "postgresql" if backend == "postgres" else backend

@@ -543,6 +543,7 @@ class Worker:
                 state=state,
                 write=self._store.append_event,
                 enqueue=functools.partial(self._enqueue_event, state),
+                clock=self._now,
             )
         except Exception as exc:  # e.g. a stored payload that cannot be decoded
             log.error("task %s (%s) cannot be started: %s", row.id, row.name, exc)

@@ -59,6 +59,7 @@ class Task:
     """One task as seen by its handler during one attempt."""
 
     __slots__ = (
+        "_clock",
         "_enqueue",
         "_row",
         "_state",
@@ -89,11 +90,13 @@ class Task:
         state: AttemptState,
         write: Callable[[Change], int | None],
         enqueue: Callable[[Change], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._row = row
         self._state = state
         self._write = write
         self._enqueue = enqueue
+        self._clock = clock  # the worker's: the database's clock
         self.id = row.id
         self.name = row.name
         self.payload: Any = codec.decode(row.payload)
@@ -250,7 +253,7 @@ class Task:
         if self._state.lost:
             self.check_timeout()
         return lifecycle.annotate(
-            self._row, time.time(), event_type, message=message, metadata=meta, values=values
+            self._row, self._clock(), event_type, message=message, metadata=meta, values=values
         )
 
     def _written(self, event_id: int | None) -> int:

@@ -1,4 +1,5 @@
-"""``tideflow db sql``: the schema and migration SQL of each dialect, as ``db migrate`` runs it.
+"""The schema and migration SQL of each dialect as a script, as ``setup()`` runs it (shown by
+``tideflow db sql``).
 
 The statements are the stores' own (``MIGRATIONS`` of ``store/sql/<dialect>.py``), so what a DBA
 reviews is what ``tideflow db migrate`` executes; only the bookkeeping rows of
@@ -12,10 +13,9 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
-from tideflow.cli.common import CliError
-from tideflow.store.url import backend_of
+from tideflow.errors import StoreError
 
-__all__ = ["DIALECTS", "dialect_of", "render"]
+__all__ = ["DIALECTS", "render"]
 
 DIALECTS = ("sqlite", "postgresql", "mysql")
 _EXTRA = {"sqlite": "", "postgresql": "postgres", "mysql": "mysql"}
@@ -27,23 +27,14 @@ _NOW = {
 }
 
 
-def dialect_of(db: str) -> str:
-    """The dialect of connection string ``db``."""
-    backend = backend_of(db)
-    if backend is None:
-        raise CliError(f"cannot tell the database of {db.split(':', 1)[0]!r}: use --dialect")
-    return "postgresql" if backend == "postgres" else backend
-
-
 def _module(dialect: str) -> ModuleType:
     name = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}[dialect]
     try:
         return importlib.import_module(f"tideflow.store.sql.{name}")
     except ImportError as exc:
-        raise CliError(
+        raise StoreError(
             f"the {dialect} statements need its driver: pip install"
-            f" 'tideflow[{_EXTRA[dialect]}]' ({exc})",
-            code=1,
+            f" 'tideflow[{_EXTRA[dialect]}]' ({exc})"
         ) from None
 
 
