@@ -52,7 +52,10 @@ def tm(tmp_path: Path) -> Iterator[TaskManager]:
 
 @pytest.fixture
 def client(tm: TaskManager) -> TestClient:
-    return TestClient(create_app(tm, TOKEN), follow_redirects=False)
+    """A browser that has not signed in, on a dashboard started with --public-read (reading
+    without the token is tested in test_security.py), reached by a loopback name."""
+    app = create_app(tm, TOKEN, public_read=True)
+    return TestClient(app, base_url="http://127.0.0.1:8765", follow_redirects=False)
 
 
 def ids(tm: TaskManager, name: str) -> list[int]:
@@ -245,7 +248,11 @@ def test_tideflow_dashboard_serves_over_http(tm: TaskManager) -> None:
 
         def overview() -> Any:
             try:
-                return httpx2.get(f"http://127.0.0.1:{port}/api/overview", timeout=2).json()
+                return httpx2.get(
+                    f"http://127.0.0.1:{port}/api/overview",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    timeout=2,
+                ).json()
             except httpx2.HTTPError:
                 assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
                 return None

@@ -5,19 +5,23 @@ paging), a task (payload, result, error, progress, events, attempts, actions), a
 tree with the critical path marked) and the workers. ``/api/`` serves the same data as JSON and
 ``/metrics`` serves Prometheus metrics.
 
-Reading needs nothing. Actions (resume, cancel, pause, retry, delete) need the token: a browser
-gives it once at ``/login`` and keeps an HMAC of it in an HttpOnly cookie, and every form carries
-a CSRF token that must match a cookie of its own (double submit); API clients send
-``Authorization: Bearer <token>``. Serve it on 127.0.0.1 (the default of ``tideflow dashboard``)
+Reading and acting need the token (reading does not with ``public_read=True``): a browser gives
+it once at ``/login`` and gets a random session id, kept in memory here with an idle and an
+absolute expiry and revoked at sign-out, in an HttpOnly SameSite=Strict cookie (``Secure`` over
+HTTPS); every form carries a CSRF token that must match a cookie of its own (double submit); API
+clients and Prometheus send ``Authorization: Bearer <token>``. Wrong tokens are throttled, the
+``Host`` header must be one the dashboard answers to, and every response carries a CSP without
+inline script plus nosniff, no-referrer and (outside ``/static/``) ``no-store``: see
+:mod:`tideflow.dashboard.security`. Serve it on 127.0.0.1 (the default of ``tideflow dashboard``)
 or behind a proxy that adds TLS.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import dataclasses
 import secrets
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -28,11 +32,33 @@ from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import Scope
 
+from tideflow.dashboard.security import (
+    LOOPBACK_HOSTS,
+    VALUE_LIMIT,
+    AuthGate,
+    Clock,
+    HostCheck,
+    LoginThrottle,
+    SecurityHeaders,
+    SessionStore,
+    cap_value,
+    header_bytes,
+    json_chunks,
+    json_size,
+    parse_choice,
+    parse_fields,
+    parse_int,
+    retry_after,
+    same_secret,
+)
 from tideflow.errors import (
     InvalidOptionError,
     InvalidTransitionError,
@@ -46,23 +72,20 @@ __all__ = ["ACTIONS", "create_app"]
 
 ACTIONS = ("resume", "cancel", "pause", "retry", "delete")
 STATUSES = tuple(s.value for s in Status)
-AUTH_COOKIE = "tideflow_auth"
+SESSION_COOKIE = "tideflow_session"
 CSRF_COOKIE = "tideflow_csrf"
+#: what a list of tasks leaves out unless asked (``?fields=payload,result``)
+LIST_FIELDS = ("payload", "result", "context")
+#: the values ``GET /api/tasks/{id}/{field}`` serves whole (streamed)
+VALUE_FIELDS = ("payload", "result", "context", "error")
+ORDERS = ("desc", "asc")
 MAX_PAGE = 500
 TREE_LIMIT = 2000  # tasks drawn in a workflow tree
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidOptionError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise InvalidOptionError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+    """A query parameter of ASCII digits only (``+5``, ``1_0``, other scripts' digits: 400)."""
+    return parse_int(request.query_params.get(name), name, default, low, high)
 
 
 def _task_filters(request: Request) -> dict[str, Any]:
@@ -105,21 +128,63 @@ class _Metrics(Collector):
         yield finished
 
 
-def create_app(tm: TaskManager, token: str) -> Starlette:
-    """The dashboard of ``tm``'s database; ``token`` unlocks the actions."""
+def create_app(
+    tm: TaskManager,
+    token: str,
+    *,
+    public_read: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
+    session_idle: float = 12 * 3600,
+    session_lifetime: float = 24 * 3600,
+    clock: Clock = time.monotonic,
+) -> Starlette:
+    """The dashboard of ``tm``'s database; ``token`` unlocks reading and the actions.
+
+    ``public_read``: pages, the read API and ``/metrics`` need no token (actions still do).
+    ``allowed_hosts``: the ``Host`` names it answers to (default: the loopback names
+    127.0.0.1, localhost and [::1]; ``*.example.com`` matches subdomains, ``["*"]`` anything).
+    ``session_idle`` / ``session_lifetime``: seconds a browser's sign-in lasts unused / at most.
+    ``clock``: monotonic seconds for sessions and sign-in throttling (tests move it).
+    """
     if not isinstance(token, str) or len(token) < 8:
         raise InvalidOptionError("the dashboard token must be a string of at least 8 characters")
     templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
-    auth_mark = hmac.new(token.encode(), b"tideflow-dashboard-login", hashlib.sha256).hexdigest()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Metrics(tm))
+    sessions = SessionStore(idle=session_idle, lifetime=session_lifetime, clock=clock)
+    throttle = LoginThrottle(clock=clock)
+    hosts = list(LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts)
 
     def signed_in(request: Request) -> bool:
-        return hmac.compare_digest(request.cookies.get(AUTH_COOKIE, ""), auth_mark)
+        return sessions.check(request.cookies.get(SESSION_COOKIE))
 
     def bearer_ok(request: Request) -> bool:
+        """``Authorization: Bearer <token>``, compared as bytes and throttled when wrong; a
+        refusal leaves its reason in the scope for the 401/429 answer."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+        if scheme.lower() != "bearer":
+            return False
+        client = _client(request)
+        wait = throttle.wait(client)
+        if wait > 0:
+            request.scope["tideflow.throttled"] = wait
+            return False
+        if same_secret(header_bytes(given.strip()), token):
+            throttle.succeeded(client)
+            return True
+        throttle.failed(client)
+        request.scope["tideflow.wrong_token"] = True
+        return False
+
+    def authorised(scope: Scope) -> bool:
+        request = Request(scope)
+        return signed_in(request) or bearer_ok(request)
+
+    def cookie(response: Response, request: Request, name: str, value: str, **kw: Any) -> None:
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            name, value, httponly=True, samesite="strict", secure=secure, path="/", **kw
+        )
 
     def page(request: Request, name: str, context: Mapping[str, Any], status: int = 200) -> Any:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
@@ -139,7 +204,7 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
             status_code=status,
         )
         if CSRF_COOKIE not in request.cookies:
-            response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict")
+            cookie(response, request, CSRF_COOKIE, csrf)
         return response
 
     # --- data shared by the pages and the API -----------------------------------------------
@@ -168,7 +233,8 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         filters = _task_filters(request)
         limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 10**12)
-        found = tm.query_tasks(**filters, limit=limit, offset=offset, order="desc")
+        order = parse_choice(request.query_params.get("order"), "order", ORDERS, "desc")
+        found = tm.query_tasks(**filters, limit=limit, offset=offset, order=order)
         return found, filters, limit, offset
 
     def task_detail(task_id: int) -> dict[str, Any]:
@@ -177,7 +243,7 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
             raise TaskNotFoundError(f"no task with id {task_id}")
         children = tm.get_child_tasks(task_id)
         return {
-            "task": audit.task,
+            "task": _page_capped(audit.task),
             "events": audit.events,
             "attempts": audit.attempts,
             "children": children,
@@ -250,18 +316,39 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         form = await request.form()
         if not _csrf_ok(request, form):
             raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
-        if not hmac.compare_digest(str(form.get("token", "")), token):
+        client = _client(request)
+        wait = throttle.wait(client)
+        if wait > 0:
+            message = (
+                f"Too many wrong tokens (from your address, or from everyone): try again in"
+                f" {retry_after(wait)} s."
+            )
+            response = page(request, "login.html", {"error": message}, status=429)
+            response.headers["Retry-After"] = retry_after(wait)
+            return response
+        given = form.get("token")
+        if not isinstance(given, str) or not same_secret(given, token):
+            throttle.failed(client)
             return page(request, "login.html", {"error": "wrong token"}, status=401)
+        throttle.succeeded(client)
+        sessions.revoke(request.cookies.get(SESSION_COOKIE))  # a fresh id at every sign-in
         response = RedirectResponse(_local(str(form.get("next", "/"))), status_code=303)
-        response.set_cookie(AUTH_COOKIE, auth_mark, httponly=True, samesite="strict")
+        cookie(response, request, SESSION_COOKIE, sessions.create(), max_age=int(session_lifetime))
         return response
 
     async def logout(request: Request) -> Any:
         form = await request.form()
         if not _csrf_ok(request, form):
             raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
-        response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(AUTH_COOKIE)
+        sessions.revoke(request.cookies.get(SESSION_COOKIE))  # the id stops working everywhere
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path="/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
         return response
 
     async def task_action(request: Request) -> Any:
@@ -283,10 +370,13 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         return JSONResponse(data)
 
     def api_tasks(request: Request) -> Any:
+        fields = parse_fields(request.query_params.get("fields"), LIST_FIELDS)
         found, _, _, _ = task_page(request)
         return JSONResponse(
             {
-                "items": [t.to_dict() for t in found.items],
+                "items": [
+                    _api_task(t.to_dict(), omit=set(LIST_FIELDS) - fields) for t in found.items
+                ],
                 "total": found.total,
                 "limit": found.limit,
                 "offset": found.offset,
@@ -298,14 +388,30 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
         audit = tm.get_task_audit(request.path_params["task_id"])
         if audit.task is None:
             raise TaskNotFoundError(f"no task with id {request.path_params['task_id']}")
-        return JSONResponse(audit.to_dict())
+        data = audit.to_dict()
+        data["task"] = _api_task(data["task"])
+        for event in data["events"]["items"]:
+            event["metadata"] = cap_value(event["metadata"], None)
+        return JSONResponse(data)
+
+    def api_task_value(request: Request) -> Any:
+        """One value of a task whole, streamed as JSON: what the capped views point to."""
+        task_id, field = request.path_params["task_id"], request.path_params["field"]
+        if field not in VALUE_FIELDS:
+            raise HTTPException(
+                404, f"unknown task field {field[:40]!r}; allowed: {', '.join(VALUE_FIELDS)}"
+            )
+        found = tm.get_task(task_id)
+        if found is None:
+            raise TaskNotFoundError(f"no task with id {task_id}")
+        return StreamingResponse(json_chunks(getattr(found, field)), media_type="application/json")
 
     def api_workflow(request: Request) -> Any:
         root_id = request.path_params["root_id"]
         summary = tm.get_workflow_audit_summary(root_id)
         if summary["root_task"] is None:
             raise TaskNotFoundError(f"no workflow with root id {root_id}")
-        return JSONResponse(summary)
+        return JSONResponse({**summary, "root_task": _api_task(summary["root_task"])})
 
     def api_workers(request: Request) -> Any:
         return JSONResponse([w.to_dict() for w in tm.get_workers()])
@@ -342,28 +448,77 @@ def create_app(tm: TaskManager, token: str) -> Starlette:
             return error(request, 400, str(exc))
         return error(request, 500, f"{type(exc).__name__}: {exc}")
 
+    # ids in paths are {name:tideflow_id}: ASCII digits, past 2**63-1 a 404 (never :int)
     routes = [
         Route("/", home),
         Route("/tasks", tasks),
-        Route("/tasks/{task_id:int}", task),
-        Route("/tasks/{task_id:int}/{action:str}", task_action, methods=["POST"]),
-        Route("/workflows/{root_id:int}", workflow),
+        Route("/tasks/{task_id:tideflow_id}", task),
+        Route("/tasks/{task_id:tideflow_id}/{action:str}", task_action, methods=["POST"]),
+        Route("/workflows/{root_id:tideflow_id}", workflow),
         Route("/workers", workers),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/api/overview", api_overview),
         Route("/api/tasks", api_tasks),
-        Route("/api/tasks/{task_id:int}", api_task),
-        Route("/api/tasks/{task_id:int}/{action:str}", api_action, methods=["POST"]),
-        Route("/api/workflows/{root_id:int}", api_workflow),
+        Route("/api/tasks/{task_id:tideflow_id}", api_task),
+        Route("/api/tasks/{task_id:tideflow_id}/{field:str}", api_task_value, methods=["GET"]),
+        Route("/api/tasks/{task_id:tideflow_id}/{action:str}", api_action, methods=["POST"]),
+        Route("/api/workflows/{root_id:tideflow_id}", api_workflow),
         Route("/api/workers", api_workers),
         Route("/metrics", metrics),
+        Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
     handlers: dict[Any, Callable[..., Any]] = {
         HTTPException: on_error,
         TideflowError: on_error,
     }
-    return Starlette(routes=routes, exception_handlers=handlers)
+    # outermost first: headers on every answer (refusals too), then the Host check, then the
+    # token (reading needs it unless public_read)
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(HostCheck, allowed_hosts=hosts),
+        Middleware(AuthGate, allowed=authorised, public_read=public_read, public=_public_path),
+    ]
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)
+
+
+STATIC = Path(__file__).with_name("static")
+
+
+def _public_path(path: str) -> bool:
+    """Paths anyone may fetch: signing in and out, and the CSS and JavaScript."""
+    return path in ("/login", "/logout", "/favicon.ico") or path.startswith("/static/")
+
+
+def _client(request: Request) -> str:
+    """The address sign-in failures are counted against (the proxy's client address when
+    ``--forwarded-allow-ips`` trusts it)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _api_task(
+    data: dict[str, Any], omit: set[str] | frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """A task's dict for the API: ``omit`` left out, large values replaced by a marker."""
+    out = {k: v for k, v in data.items() if k not in omit}
+    for field in VALUE_FIELDS:
+        if field in out:
+            out[field] = cap_value(out[field], f"/api/tasks/{data['id']}/{field}")
+    return out
+
+
+def _page_capped(task: TaskInfo) -> TaskInfo:
+    """The task with each value over the limit replaced by a note of its size and its URL."""
+    changes: dict[str, Any] = {}
+    for field in VALUE_FIELDS:
+        value = getattr(task, field)
+        size = json_size(value)
+        if size > VALUE_LIMIT:
+            changes[field] = (
+                f"[{size:,} bytes, over the {VALUE_LIMIT:,}-byte display limit:"
+                f" the whole value is at /api/tasks/{task.id}/{field}]"
+            )
+    return dataclasses.replace(task, **changes) if changes else task
 
 
 def _refresh_links(request: Request) -> list[tuple[str, str]]:
@@ -378,8 +533,8 @@ def _refresh_links(request: Request) -> list[tuple[str, str]]:
 
 def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    given = str(form.get("csrf", ""))
-    return bool(cookie) and hmac.compare_digest(cookie, given)
+    given = form.get("csrf", "")
+    return bool(cookie) and isinstance(given, str) and same_secret(given, cookie)
 
 
 def _local(target: str) -> str:
