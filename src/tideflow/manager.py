@@ -64,6 +64,7 @@ from tideflow.models import (
 from tideflow.store import retention
 from tideflow.store.factory import open_store
 from tideflow.store.protocol import Store
+from tideflow.worker import observe
 from tideflow.worker.runtime import Worker
 
 __all__ = ["TaskManager"]
@@ -406,7 +407,8 @@ class TaskManager:
                 raise TideflowError("a stopped TaskManager cannot be started again; make a new one")
             if not self._set_up:
                 self.setup()
-            worker = Worker(self._store, self._registry, lambda: self._settings)
+            store = observe.observed_store(self._store)  # itself unless instrumented
+            worker = Worker(store, self._registry, lambda: self._settings)
             if self._paused:
                 worker.pause()
             worker.start()
@@ -633,9 +635,14 @@ class TaskManager:
         self._check_open()
         task = self._plan(name, payload, options, now=self._store.clock())
         self._ensure_setup()
-        (task_id,) = self._store.insert_tasks([task])
+        (task_id,) = self._insert([task])
         self._notify()
         return task_id
+
+    def _insert(self, tasks: list[NewTask]) -> list[int]:
+        if observe.HOOKS:  # tracing: a producer span per task, its context stored with it
+            return observe.publish(self._store.insert_tasks, tasks)
+        return self._store.insert_tasks(tasks)
 
     def submit_many(
         self,
@@ -670,7 +677,7 @@ class TaskManager:
         if not planned:
             return []
         self._ensure_setup()
-        ids = self._store.insert_tasks(planned)
+        ids = self._insert(planned)
         self._notify()
         return ids
 
@@ -683,7 +690,7 @@ class TaskManager:
         zone = cron.validate_tz(tz)
         task = self._plan(name, payload, options, now=self._store.clock(), cron_expr=expr, tz=zone)
         self._ensure_setup()
-        (task_id,) = self._store.insert_tasks([task])
+        (task_id,) = self._insert([task])
         self._notify()
         return task_id
 

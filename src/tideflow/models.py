@@ -129,6 +129,9 @@ class TaskInfo(_Record):
     progress_text: str | None
     progress_percent: float | None
     unreadable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: the W3C trace context stored at submit (JSON of ``traceparent``/``tracestate``) when
+    #: tracing was on (:mod:`tideflow.otel`), else None; not part of equality
+    trace_context: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -318,7 +318,8 @@ def test_db_sql_with_a_database_prints_only_what_it_still_needs(
     assert "-- version 2" in out
     assert "-- version 1" not in out
     assert "CREATE TABLE tideflow_leases" in out
-    assert "tideflow_tasks" not in out
+    assert "CREATE TABLE tideflow_tasks" not in out
+    assert "ALTER TABLE tideflow_tasks ADD COLUMN trace_context TEXT;" in out  # version 3
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
@@ -330,7 +331,8 @@ def test_db_sql_prints_each_dialects_statements(
     for table in ("tideflow_schema", "tideflow_tasks", "tideflow_leases"):
         assert f"CREATE TABLE IF NOT EXISTS {table}" in out or f"CREATE TABLE {table}" in out
     assert "{options}" not in out
-    assert out.count("INSERT INTO tideflow_schema") == 2
+    assert out.count("INSERT INTO tideflow_schema") == 3
+    assert "ADD COLUMN trace_context TEXT" in out
 
 
 def test_db_sql_refuses_both_sources(db: str, capsys: pytest.CaptureFixture[str]) -> None:

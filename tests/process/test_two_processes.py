@@ -116,9 +116,9 @@ def test_concurrent_setup_from_four_processes(shared_db_url: str) -> None:
         outputs = [p.communicate(timeout=60)[0].decode(errors="replace") for p in procs]
         codes = [p.returncode for p in procs]
         assert codes == [0, 0, 0, 0], outputs
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
         store.setup()  # idempotent
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
     finally:
         store.close()
     tm = TaskManager(shared_db_url, allow_unregistered=True)

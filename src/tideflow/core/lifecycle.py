@@ -158,6 +158,7 @@ def new_task(
     cron_expr: str | None = None,
     tz: str | None = None,
     parent: TaskRow | None = None,
+    trace_context: str | None = None,
 ) -> NewTask:
     """Plan the insert of a new task and its ``task_created`` event."""
     t = transition(Trigger.CREATE, NEW)
@@ -201,6 +202,7 @@ def new_task(
         "current_stage_name": None,
         "progress_text": None,
         "progress_percent": None,
+        "trace_context": trace_context,
     }
     event = NewEvent(
         event_type=t.events[0],

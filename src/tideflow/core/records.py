@@ -85,6 +85,7 @@ def task_info(row: TaskRow) -> TaskInfo:
         progress_text=row.progress_text,
         progress_percent=row.progress_percent,
         unreadable=unreadable,
+        trace_context=row.trace_context,
     )
 
 

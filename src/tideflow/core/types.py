@@ -72,6 +72,8 @@ class TaskRow(NamedTuple):
     current_stage_name: str | None
     progress_text: str | None
     progress_percent: float | None
+    #: W3C trace context of the submit (JSON of the propagation headers), when instrumented
+    trace_context: str | None = None
 
     def with_values(self, values: Mapping[str, Any]) -> TaskRow:
         """Return this row with ``values`` applied, as the store wrote them."""

@@ -39,8 +39,10 @@ def plan_children(
     manager: TaskPolicy,
     now: float,
     max_payload_bytes: int,
+    trace_context: str | None = None,
 ) -> list[NewTask]:
-    """Validate child specs and plan their inserts; raises a clear error for a bad spec."""
+    """Validate child specs and plan their inserts; raises a clear error for a bad spec.
+    ``trace_context`` (the spawning attempt's) is stored with every child."""
     planned: list[NewTask] = []
     parent_policy = {
         "priority": parent.priority,
@@ -82,6 +84,7 @@ def plan_children(
                 tag=opts.get("tag", reg_opts.get("tag")),
                 requires=opts.get("requires", reg_opts.get("requires", ())),
                 parent=parent,
+                trace_context=trace_context,
             )
         )
     return planned

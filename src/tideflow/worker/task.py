@@ -13,6 +13,7 @@ from typing import Any
 from tideflow.core import codec, lifecycle
 from tideflow.core.types import Change, TaskRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
+from tideflow.worker import observe
 
 __all__ = ["AttemptState", "Next", "Suspend", "Task"]
 
@@ -23,6 +24,8 @@ class Next:
 
     children: Any
     context: bytes | None = None
+    #: the spawning attempt's trace context, stored with each child (when instrumented)
+    trace_context: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +126,8 @@ class Task:
         The task is suspended until every child is finished, then runs again at ``stage + 1``
         with the children's outcomes in ``task.result``.
         """
+        if observe.HOOKS:  # traced: the children's spans go under this attempt's
+            return Next(children, _context(context), observe.inject())
         return Next(children, _context(context))
 
     def suspend(self, reason: str, context: bytes | str | None = None) -> Suspend:

@@ -62,7 +62,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["MysqlStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: the server's now as POSIX seconds (DECIMAL; compared with DOUBLE columns as DOUBLE). NOW() is
 #: fixed for the statement; our sessions' time_zone is UTC, so no DST fold can skew it.
 NOW = "UNIX_TIMESTAMP(NOW(6))"
@@ -70,6 +70,7 @@ NOW = "UNIX_TIMESTAMP(NOW(6))"
 _CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 
+_TRACE_COLUMN = "trace_context"
 #: ``{options}`` is replaced by the table options (engine, charset, collation) at setup
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -183,6 +184,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT IGNORE INTO tideflow_leases (name, holder, renewed_at)"
         " VALUES ('maintenance', NULL, 0)",
     ),
+    # the W3C trace context of the submit (JSON of the propagation headers), when traced;
+    # MySQL has no ADD COLUMN IF NOT EXISTS: setup skips it when the column is there already
+    # (a migration interrupted after it), see MysqlStore._migrate
+    3: (f"ALTER TABLE tideflow_tasks ADD COLUMN {_TRACE_COLUMN} TEXT",),
 }
 
 #: binary, NO PAD collations (so 'a' <> 'a ' and 'A' <> 'a', as on SQLite/PostgreSQL), best first
@@ -723,13 +728,21 @@ class MysqlStore(SqlStore):
         available = {r[0] for r in cur.fetchall()}
         collation = next((c for c in _COLLATIONS if c in available), "utf8mb4_bin")
         options = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
-        self._run_migrations(
-            cur,
-            MIGRATIONS,
-            SCHEMA_VERSION,
-            "DOUBLE",
-            prepare=lambda statement: statement.replace("{options}", options),
+
+        def prepare(statement: str) -> str:
+            if statement == MIGRATIONS[3][0] and self._has_trace_column(cur):
+                return "SELECT 1"  # added by a run interrupted before it recorded version 3
+            return statement.replace("{options}", options)
+
+        self._run_migrations(cur, MIGRATIONS, SCHEMA_VERSION, "DOUBLE", prepare=prepare)
+
+    @staticmethod
+    def _has_trace_column(cur: Any) -> bool:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+            f" AND TABLE_NAME = '{T}' AND COLUMN_NAME = '{_TRACE_COLUMN}'"
         )
+        return int(cur.fetchone()[0]) > 0
 
     def schema_version(self) -> int:
         """The version recorded in the database (0 before ``setup``)."""

@@ -50,7 +50,7 @@ __all__ = ["CHANNEL", "DONE_CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tideflow.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: NOTIFY channel announcing that a task may be due now
 CHANNEL = "tideflow_tasks"
 #: NOTIFY channel carrying the ids of tasks that reached a terminal status: ``schema:id,id,...``
@@ -181,6 +181,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO tideflow_leases (name, holder, renewed_at) VALUES ('maintenance', NULL, 0)",
     ),
+    # the W3C trace context of the submit (JSON of the propagation headers), when traced
+    3: ("ALTER TABLE tideflow_tasks ADD COLUMN trace_context TEXT",),
 }
 
 _INSERT_TASK = (
@@ -217,7 +219,7 @@ def _column_types(ddl: str) -> dict[str, str]:
 
 
 #: the SQL type of each task column, for batched writes
-_COLUMN_TYPES = _column_types(MIGRATIONS[1][0])
+_COLUMN_TYPES = _column_types(MIGRATIONS[1][0]) | {"trace_context": "text"}
 
 
 def _q_style(sql: str) -> str:

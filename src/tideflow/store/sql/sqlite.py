@@ -36,7 +36,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -149,6 +149,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO tideflow_leases (name, holder, renewed_at) VALUES ('maintenance', NULL, 0)",
     ),
+    # the W3C trace context of the submit (JSON of the propagation headers), when traced
+    3: ("ALTER TABLE tideflow_tasks ADD COLUMN trace_context TEXT",),
 }
 
 
