@@ -38,7 +38,7 @@ from tideflow.core.registry import (
     validate_name,
 )
 from tideflow.core.states import ATTEMPT_OUTCOMES
-from tideflow.core.types import Change, EventFilter, NewTask, TaskFilter, TaskRow
+from tideflow.core.types import TASK_SORTS, Change, EventFilter, NewTask, TaskFilter, TaskRow
 from tideflow.errors import (
     HandlerRegistrationError,
     InvalidOptionError,
@@ -178,6 +178,45 @@ def _audit_filter(scope: EventFilter, given: Mapping[str, Any]) -> EventFilter:
         if name in values:
             values[name] = _ts(values[name], name)
     return dataclasses.replace(scope, **values)
+
+
+#: the most ids one task query may name
+MAX_QUERY_IDS = 10_000
+#: the longest search text
+MAX_SEARCH = 500
+
+
+def _check_ids(ids: Any) -> list[int]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise InvalidOptionError(f"ids must be a list of task ids, got {ids!r}")
+    checked = [_check_id(i) for i in ids]
+    if len(checked) > MAX_QUERY_IDS:
+        raise InvalidOptionError(
+            f"ids may name at most {MAX_QUERY_IDS} tasks, got {len(checked)}; page through them"
+        )
+    return checked
+
+
+def _check_statuses(statuses: Any) -> list[str]:
+    if isinstance(statuses, str) or not isinstance(statuses, Iterable):
+        raise InvalidOptionError(
+            f"statuses must be a list of statuses, got {statuses!r} (one status: status=...)"
+        )
+    return [parse_status(s) for s in statuses]
+
+
+def _search_text(value: Any, what: str) -> str | None:
+    """A case-insensitive search text, lower-cased (the store compares it with its lower-cased
+    column); None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidOptionError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_SEARCH:
+        raise InvalidOptionError(
+            f"{what} must be at most {MAX_SEARCH} characters, got {len(value)}"
+        )
+    return value.lower()
 
 
 def _check_page(limit: int | None, offset: int, order: str) -> None:
@@ -911,14 +950,36 @@ class TaskManager:
         parent_id: int | None = None,
         root_id: int | None = None,
         workflow_root_id: int | None = None,
+        ids: Sequence[int] | None = None,
+        statuses: Sequence[str] | None = None,
+        name_prefix: str | None = None,
+        tag_contains: str | None = None,
+        worker_contains: str | None = None,
+        created_after: datetime | float | None = None,
+        created_before: datetime | float | None = None,
+        finished_after: datetime | float | None = None,
+        finished_before: datetime | float | None = None,
+        sort: str = "id",
         limit: int | None = None,
         offset: int = 0,
         order: str = "asc",
     ) -> Page[TaskInfo]:
-        """Tasks matching every given filter, one page at a time."""
+        """Tasks matching every given filter, one page at a time.
+
+        Besides the exact filters: ``ids`` (any of them), ``statuses`` (any of them);
+        case-insensitive searches ``name_prefix`` (the name starts with it), ``tag_contains``
+        and ``worker_contains`` (the tag / the worker id contains it); time ranges
+        ``created_after`` <= created_at < ``created_before`` and ``finished_after`` <= the
+        time a task completed or permanently failed < ``finished_before`` (aware datetimes or
+        POSIX seconds; a finished range matches finished tasks only). ``sort`` is one of
+        ``id, name, status, priority, tag, worker, created, started, finished, progress,
+        duration`` (``order`` its direction; tasks without a value come last, ties by id).
+        """
         _check_page(limit, offset, order)
         if type is not None and type not in ("async", "cron"):
             raise InvalidOptionError(f"type must be 'async' or 'cron', got {type!r}")
+        if sort not in TASK_SORTS:
+            raise InvalidOptionError(f"sort must be one of {', '.join(TASK_SORTS)}, got {sort!r}")
         query = TaskFilter(
             name=name,
             status=parse_status(status) if status is not None else None,
@@ -927,6 +988,16 @@ class TaskManager:
             worker_id=worker_id,
             parent_id=parent_id,
             root_id=root_id if root_id is not None else workflow_root_id,
+            ids=_check_ids(ids) if ids is not None else None,
+            statuses=_check_statuses(statuses) if statuses is not None else None,
+            name_prefix=_search_text(name_prefix, "name_prefix"),
+            tag_contains=_search_text(tag_contains, "tag_contains"),
+            worker_contains=_search_text(worker_contains, "worker_contains"),
+            created_after=_ts(created_after, "created_after"),
+            created_before=_ts(created_before, "created_before"),
+            finished_after=_ts(finished_after, "finished_after"),
+            finished_before=_ts(finished_before, "finished_before"),
+            sort=sort,
             limit=limit,
             offset=offset,
             order=order,
@@ -1105,6 +1176,23 @@ class TaskManager:
                 return worker
         return None
 
+    def get_change_mark(self) -> str:
+        """A short opaque text that differs once tasks were created, changed (status, progress,
+        any audit event) or deleted through this manager, or workers came or went. Cheap (a few
+        lookups at the ends of primary keys): poll it to learn when to read again, e.g. the
+        dashboard's live updates, one poll for all its readers. Deletions made elsewhere show
+        at the next change."""
+        self._check_open()
+        self._ensure_setup()
+        return self._store.change_mark()
+
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake()`` (from another thread) soon after tasks changed, and whenever the
+        channel reconnects; returns a function that stops it. Only where the database pushes
+        (PostgreSQL LISTEN/NOTIFY); elsewhere it returns None: poll :meth:`get_change_mark`."""
+        self._check_open()
+        return self._store.watch_changes(wake)
+
     # --- waiting for results -------------------------------------------------------------------
     def _read_waited(self, task_ids: Sequence[int]) -> dict[int, TaskInfo]:
         """The current snapshots of ``task_ids``; TaskNotFoundError names any that is gone."""
@@ -1273,6 +1361,7 @@ class TaskManager:
     aget_workflow_audit_summary = _twin(get_workflow_audit_summary)
     aget_workers = _twin(get_workers)
     aget_worker = _twin(get_worker)
+    aget_change_mark = _twin(get_change_mark)
     astart = _twin(start)
     astop = _twin(stop)
     aclose = _twin(close)

@@ -201,9 +201,39 @@ class TaskFilter:
     parent_id: int | None = None
     root_id: int | None = None
     suspend_reason: str | None = None
+    #: any of these statuses
+    statuses: Sequence[str] | None = None
+    #: case-insensitive searches, lower-cased already: name starts with, tag / worker contain
+    name_prefix: str | None = None
+    tag_contains: str | None = None
+    worker_contains: str | None = None
+    #: POSIX seconds: created in [after, before); finished (completed or permanently failed,
+    #: by its last activity) in [after, before)
+    created_after: float | None = None
+    created_before: float | None = None
+    finished_after: float | None = None
+    finished_before: float | None = None
+    #: what to sort by (one of ``TASK_SORTS``), ties by id; rows without a value sort last
+    sort: str = "id"
     limit: int | None = None
     offset: int = 0
     order: str = "asc"
+
+
+#: what task queries may sort by (``TaskFilter.sort``)
+TASK_SORTS = (
+    "id",
+    "name",
+    "status",
+    "priority",
+    "tag",
+    "worker",
+    "created",
+    "started",
+    "finished",
+    "progress",
+    "duration",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -83,6 +83,17 @@ class Store(Protocol):
         (waiters then poll).
         """
 
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from any thread) soon after a transaction that changed tasks committed,
+        and each time the channel (re)connects (PostgreSQL: LISTEN on the wake-up, finished and
+        ``tideflow_changed`` channels). Returns a function that unsubscribes, or None when the
+        backend has no push channel (watchers then poll :meth:`change_mark`)."""
+
+    def change_mark(self) -> str:
+        """A short text that differs after tasks were created, changed (status, progress, any
+        event) or deleted by this store, or workers came or went: cheap (index-only lookups),
+        so a dashboard can poll it for all its readers at once."""
+
     # --- tasks -------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
         """Insert all tasks with their events in one transaction; return their ids in order.

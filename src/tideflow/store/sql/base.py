@@ -46,6 +46,7 @@ _CONTEXT = TASK_COLUMNS.index("context")
 INSERT_COLUMNS = tuple(c for c in TASK_COLUMNS if c != "id")
 CLAIMABLE = ("pending", "failed", "timeout")
 _CLAIMABLE_LIST = ", ".join(f"'{s}'" for s in CLAIMABLE)
+_TERMINAL_LIST = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 EVENT_COLUMNS = (
     "id, task_id, root_id, parent_id, event_type, from_status, to_status, stage, worker_id,"
     " attempt, event_time, message, metadata"
@@ -172,6 +173,41 @@ def guarded_update_terms(
     return sets, f"{table}id = {field(0)}", guard
 
 
+#: the SQL of each ``TaskFilter.sort``
+_SORT_SQL: Mapping[str, str] = {
+    "id": "id",
+    "name": "name",
+    "status": "status",
+    "priority": "priority",
+    "tag": "tag",
+    "worker": "worker_id",
+    "created": "created_at",
+    "started": "start_time",
+    "finished": f"(CASE WHEN status IN ({_TERMINAL_LIST}) THEN last_active_time END)",
+    "progress": "progress_percent",
+    "duration": (
+        f"(CASE WHEN status IN ({_TERMINAL_LIST}) THEN last_active_time - start_time END)"
+    ),
+}
+
+
+def _sort(key: str, direction: str) -> str:
+    """ORDER BY terms for ``key``: rows without a value last on every database (PostgreSQL
+    would put NULLs first when descending, SQLite and MySQL first when ascending), ties by id."""
+    if key not in _SORT_SQL:
+        raise InvalidOptionError(f"sort must be one of {', '.join(_SORT_SQL)}, got {key!r}")
+    if key == "id":
+        return f"id {direction}"
+    expression = _SORT_SQL[key]
+    empty_last = f"CASE WHEN {expression} IS NULL THEN 1 ELSE 0 END"
+    return f"{empty_last}, {expression} {direction}, id {direction}"
+
+
+def _like_escape(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern with ``ESCAPE '!'``."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -199,6 +235,8 @@ class SqlStore:
         self._clock_lock = threading.Lock()
         self._clock_offset = 0.0
         self._clock_measured: float | None = None  # time.monotonic() of the last measurement
+        #: deletions this store made (part of :meth:`change_mark`)
+        self._deletions = 0
 
     # --- the database's clock ------------------------------------------------------------------
     def clock(self) -> float:
@@ -292,6 +330,25 @@ class SqlStore:
     ) -> Callable[[], None] | None:
         """No push channel by default: waiters poll."""
         return None
+
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """No push channel by default: watchers poll :meth:`change_mark`."""
+        return None
+
+    def change_mark(self) -> str:
+        """A text that differs after any task changed: the newest event id (every change of a
+        task writes one), the oldest and newest task ids (deletions of old tasks, inserts),
+        this store's own deletions, and the workers' count and newest registration. Each
+        part is one lookup at an end of a primary key, or a small table."""
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT (SELECT MAX(id) FROM {E}), (SELECT MIN(id) FROM {T}),"
+                f" (SELECT MAX(id) FROM {T}), (SELECT COUNT(*) FROM {W}),"
+                f" (SELECT COUNT(*) FROM {W} WHERE status = 'active')"
+            )
+            row = cur.fetchone()
+        parts = [str(v) if v is not None else "-" for v in row]
+        return ":".join([*parts, str(self._deletions)])
 
     # --- tasks ---------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
@@ -672,8 +729,12 @@ class SqlStore:
             row = cur.fetchone()
         return None if row is None else self._decode_task(row)
 
-    @staticmethod
-    def _task_where(query: TaskFilter) -> tuple[str, list[Any]]:
+    def _fold(self, column: str) -> str:
+        """SQL lower-casing ``column`` as Python's ``str.lower`` does (searches compare it with
+        a lower-cased pattern); SQLite's own LOWER folds ASCII only, so it overrides this."""
+        return f"LOWER({column})"
+
+    def _task_where(self, query: TaskFilter) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         if query.ids is not None:
@@ -696,6 +757,33 @@ class SqlStore:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if query.statuses is not None:
+            statuses = list(query.statuses)
+            if not statuses:
+                return "1 = 0", []
+            clauses.append(f"status IN ({_placeholders(len(statuses))})")
+            params += statuses
+        # case-insensitive searches: the pattern is lower-cased by the caller, its LIKE
+        # wildcards escaped with '!' (a backslash means something else in MySQL literals)
+        for column, value, pattern in (
+            ("name", query.name_prefix, "{}%"),
+            ("tag", query.tag_contains, "%{}%"),
+            ("worker_id", query.worker_contains, "%{}%"),
+        ):
+            if value is not None:
+                clauses.append(f"{self._fold(column)} LIKE ? ESCAPE '!'")
+                params.append(pattern.format(_like_escape(value)))
+        for column, value, op in (
+            ("created_at", query.created_after, ">="),
+            ("created_at", query.created_before, "<"),
+            ("last_active_time", query.finished_after, ">="),
+            ("last_active_time", query.finished_before, "<"),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        if query.finished_after is not None or query.finished_before is not None:
+            clauses.append(f"status IN ({_TERMINAL_LIST})")
         return (" AND ".join(clauses) or "1 = 1"), params
 
     @staticmethod
@@ -717,7 +805,7 @@ class SqlStore:
             cur.execute(
                 self._q(
                     f"SELECT {TASK_SELECT} FROM {T} WHERE {where}"
-                    f" ORDER BY id {self._order(query.order)}{page}"
+                    f" ORDER BY {_sort(query.sort, self._order(query.order))}{page}"
                 ),
                 params + page_params,
             )
@@ -738,6 +826,8 @@ class SqlStore:
                 marks = _placeholders(len(chunk))
                 for table, column in ((E, "task_id"), (A, "task_id"), (T, "id")):
                     cur.execute(self._q(f"DELETE FROM {table} WHERE {column} IN ({marks})"), chunk)
+        if ids:
+            self._deletions += 1
         return len(ids)
 
     def delete_expired(

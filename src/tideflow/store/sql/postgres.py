@@ -8,7 +8,9 @@ tideflow_tasks``; subscribers hold one dedicated autocommit connection that LIST
 the claim loop (an idle worker then sleeps until ``next_due()``; polling stays as the
 fallback). A transaction that moves tasks to a terminal status sends their ids on
 ``tideflow_done`` (one ``pg_notify`` per transaction, comma-separated); ``tm.wait`` listens there
-on one connection per store, shared by every waiter.
+on one connection per store, shared by every waiter. Any other transaction that changes tasks
+(a claim, progress, a pause) sends ``NOTIFY tideflow_changed``, so a dashboard listening on the
+three channels (:meth:`PostgresStore.watch_changes`) hears of every change.
 
 Liveness and eligibility are judged by the server's clock in the statement (:data:`NOW`).
 """
@@ -46,7 +48,7 @@ from tideflow.store.sql.base import (
     guarded_update_terms,
 )
 
-__all__ = ["CHANNEL", "DONE_CHANNEL", "PostgresStore"]
+__all__ = ["CHANGED_CHANNEL", "CHANNEL", "DONE_CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tideflow.store")
 
@@ -56,6 +58,9 @@ CHANNEL = "tideflow_tasks"
 #: NOTIFY channel carrying the ids of tasks that reached a terminal status: ``schema:id,id,...``
 #: (channels are per database; the schema keeps tideflows in other schemas from waking ours)
 DONE_CHANNEL = "tideflow_done"
+#: NOTIFY channel announcing that tasks changed otherwise (claimed, progress, paused, ...): sent
+#: by a transaction that sends neither of the two above; dashboards listen on all three
+CHANGED_CHANNEL = "tideflow_changed"
 #: the longest payload of one NOTIFY is 8000 bytes: longer id lists go in several
 _DONE_PAYLOAD_MAX = 7900
 #: ``pg_advisory_xact_lock`` key serialising concurrent ``setup()`` calls ("tideflow")
@@ -350,6 +355,8 @@ class _Tx:
         self.opens: list[Sequence[Any]] = []
         self.closes: list[Sequence[Any]] = []
         self.notify = False
+        #: whether this transaction changed tasks (announced on commit when nothing else is)
+        self.changed = False
         #: ids of tasks this transaction moved to a terminal status (announced on commit)
         self.done: list[int] = []
 
@@ -438,6 +445,8 @@ class _Tx:
                 self.execute(
                     "SELECT pg_notify(%s, current_schema() || ':' || %s)", (DONE_CHANNEL, payload)
                 )
+        if self.changed and not self.notify and not self.done:
+            self.execute(f"NOTIFY {CHANGED_CHANNEL}")
         self._leave()
 
     def abort(self, exc: BaseException) -> None:
@@ -485,7 +494,8 @@ class _Listener:
             try:
                 found = conn.execute("SELECT current_schema()").fetchone()
                 self.schema = None if found is None else found[0]
-                conn.execute(f"LISTEN {self._channel}")
+                for channel in self._channel.split(","):  # one or several, comma-separated
+                    conn.execute(f"LISTEN {channel}")
                 delay = 0.1
                 self._call(None)  # anything that happened while we were not listening
                 while not self._stop.is_set():
@@ -664,6 +674,8 @@ class PostgresStore(SqlStore):
             events += [self._event_params(task_id, root_id, parent_id, e) for e in task.events]
             if _waits(values):
                 _notify(cur)
+        assert isinstance(cur, _Tx)
+        cur.changed = True
         if len(rows) >= COPY_MIN_ROWS:
             assert isinstance(cur, _Tx)
             cur.copy(_COPY_TASKS, _TASK_TYPES, rows)
@@ -709,6 +721,7 @@ class PostgresStore(SqlStore):
         """Note the wake-ups to send at commit: ``tideflow_tasks`` when a change made a task
         claimable (due now or later), the ids of tasks it made terminal on ``tideflow_done``."""
         assert isinstance(cur, _Tx)
+        cur.changed = cur.changed or bool(changes)
         for c in changes:
             status = c.values.get("status")
             if status in TERMINAL_STATUSES:
@@ -730,6 +743,20 @@ class PostgresStore(SqlStore):
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         self._get_pool()
         listener = _Listener(self._conninfo, self.safe_url, CHANNEL, lambda _payload: wake())
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            listener.stop()
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        self._get_pool()
+        channels = f"{CHANNEL},{DONE_CHANNEL},{CHANGED_CHANNEL}"
+        listener = _Listener(self._conninfo, self.safe_url, channels, lambda _payload: wake())
         with self._lock:
             self._listeners.append(listener)
 

@@ -168,6 +168,13 @@ def _covers(requires: str | None, capabilities: str) -> int:
     return 1 if offered.issuperset(requires.split(",")) else 0
 
 
+def _lower(text: Any) -> Any:
+    """SQL function ``tideflow_lower``: Python's ``str.lower`` (SQLite's LOWER folds only ASCII),
+    for case-insensitive searches. Used in queries only, never in the schema, so other clients
+    of the file need not know it."""
+    return text.lower() if isinstance(text, str) else text
+
+
 #: rows per set-based UPDATE (well under SQLite's 32,766 bound parameters)
 _CHUNK = 256
 
@@ -202,11 +209,15 @@ class SqliteStore(SqlStore):
             raise StoreError(f"cannot open SQLite database {path!r}: {exc}") from None
         conn.create_function("tideflow_covers", 2, _covers, deterministic=True)
         conn.create_function("tideflow_now", 0, _now)
+        conn.create_function("tideflow_lower", 1, _lower, deterministic=True)
         if path != ":memory:":
             self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self._conn: sqlite3.Connection | None = conn
+
+    def _fold(self, column: str) -> str:
+        return f"tideflow_lower({column})"
 
     @staticmethod
     def _retry_busy(fn: Any, attempts: int = 50) -> Any:
