@@ -30,6 +30,7 @@ from tideflow.dashboard.security import (
     VALUE_LIMIT,
     LoginThrottle,
     SessionStore,
+    client_key,
     parse_int,
     same_secret,
     trusted_hosts,
@@ -386,6 +387,8 @@ def hostile_cases(small: int) -> list[tuple[str, str, str, dict[str, Any], int]]
         ("order upper case", "GET", "/tasks", {"params": {"order": "DESC"}}, 400),
         ("unknown field", "GET", "/api/tasks", {"params": {"fields": "payload,secret"}}, 400),
         ("unknown status", "GET", "/api/tasks", {"params": {"status": "bogus"}}, 400),
+        ("NUL in a name", "GET", "/api/tasks", {"params": {"name": "a\x00b"}}, 400),
+        ("a tag of 501 characters", "GET", "/tasks", {"params": {"tag": "t" * 501}}, 400),
     ]
 
 
@@ -446,6 +449,13 @@ def test_parse_int_takes_ascii_digits_only() -> None:
     for raw in ("+5", "1_0", ARABIC_FIVE, "\uff15", " 5", "5\n", "-0", "4.0", "1e2", HUGE):
         with pytest.raises(InvalidOptionError, match="limit"):
             parse_int(raw, "limit", 1, 0, 10**30)
+
+
+def test_failures_count_per_address_and_per_ipv6_network() -> None:
+    assert client_key("10.0.0.1") == "10.0.0.1"
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff:2") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")
 
 
 def test_every_id_in_a_path_is_a_checked_id(tm: TaskManager) -> None:

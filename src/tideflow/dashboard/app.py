@@ -50,12 +50,14 @@ from tideflow.dashboard.security import (
     SecurityHeaders,
     SessionStore,
     cap_value,
+    client_key,
     header_bytes,
     json_chunks,
     json_size,
     parse_choice,
     parse_fields,
     parse_int,
+    parse_text,
     retry_after,
     same_secret,
 )
@@ -92,8 +94,9 @@ def _task_filters(request: Request) -> dict[str, Any]:
     params = request.query_params
     filters: dict[str, Any] = {}
     for key in ("status", "name", "tag"):
-        if params.get(key):
-            filters[key] = params[key]
+        value = parse_text(params.get(key), key)
+        if value is not None:
+            filters[key] = value
     return filters  # query_tasks checks them
 
 
@@ -411,7 +414,12 @@ def create_app(
         summary = tm.get_workflow_audit_summary(root_id)
         if summary["root_task"] is None:
             raise TaskNotFoundError(f"no workflow with root id {root_id}")
-        return JSONResponse({**summary, "root_task": _api_task(summary["root_task"])})
+        failed = [
+            {**f, "error": cap_value(f["error"], f"/api/tasks/{f['task_id']}/error")}
+            for f in summary["failed_tasks"]
+        ]
+        root = _api_task(summary["root_task"])
+        return JSONResponse({**summary, "root_task": root, "failed_tasks": failed})
 
     def api_workers(request: Request) -> Any:
         return JSONResponse([w.to_dict() for w in tm.get_workers()])
@@ -493,7 +501,7 @@ def _public_path(path: str) -> bool:
 def _client(request: Request) -> str:
     """The address sign-in failures are counted against (the proxy's client address when
     ``--forwarded-allow-ips`` trusts it)."""
-    return request.client.host if request.client else "unknown"
+    return client_key(request.client.host) if request.client else "unknown"
 
 
 def _api_task(

@@ -43,6 +43,7 @@ __all__ = [
     "Session",
     "SessionStore",
     "cap_value",
+    "client_key",
     "header_bytes",
     "is_loopback",
     "json_chunks",
@@ -50,6 +51,7 @@ __all__ = [
     "parse_choice",
     "parse_fields",
     "parse_int",
+    "parse_text",
     "retry_after",
     "same_secret",
     "trusted_hosts",
@@ -100,6 +102,36 @@ def parse_choice(raw: str | None, name: str, allowed: Sequence[str], default: st
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise InvalidOptionError(f"{name} must be one of {', '.join(allowed)}; got {shown!r}")
     return raw
+
+
+#: the longest text filter a request may carry
+MAX_TEXT = 500
+
+
+def parse_text(raw: str | None, name: str) -> str | None:
+    """A text filter: at most :data:`MAX_TEXT` characters and no control characters (a NUL
+    is an error on PostgreSQL, so it must be a 400 here, not a 500 there)."""
+    if raw is None or raw == "":
+        return None
+    if len(raw) > MAX_TEXT:
+        raise InvalidOptionError(f"{name} must be at most {MAX_TEXT} characters, got {len(raw)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise InvalidOptionError(f"{name} must not contain control characters, got {raw[:40]!r}")
+    return raw
+
+
+def client_key(host: str) -> str:
+    """Whom failures are counted against: the address, or for IPv6 its /64 network (one
+    machine usually holds a whole /64 and could rotate through it)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def parse_fields(raw: str | None, allowed: Sequence[str]) -> frozenset[str]:
