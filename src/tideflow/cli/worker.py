@@ -50,6 +50,7 @@ _RELOAD_IGNORE_DIRS = (
 # --reload supervisor kills it.
 _RELOAD_KILL_GRACE = 30.0
 RELOAD_INSTALL_HINT = "pip install 'tideflow[reload]'"
+METRICS_INSTALL_HINT = "pip install 'tideflow[metrics]'"
 
 
 def add_command(sub: Any) -> None:
@@ -90,6 +91,30 @@ def add_command(sub: Any) -> None:
         help="(default INFO)",
     )
     p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help=(
+            "json: one JSON object per line (timestamp, level, logger, message, task_id,"
+            " task_name, attempt, worker_id, exc_info); default text"
+        ),
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="N",
+        help=(
+            "serve this worker's Prometheus metrics at http://HOST:N/metrics (0: any free port;"
+            f" with --processes, process i uses N+i; needs {METRICS_INSTALL_HINT})"
+        ),
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics endpoint binds to (default 127.0.0.1)",
+    )
+    p.add_argument(
         "--reload",
         action="store_true",
         help=(
@@ -106,6 +131,13 @@ def add_command(sub: Any) -> None:
     )
     p.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -205,16 +237,62 @@ def _child_command(args: argparse.Namespace, index: int) -> list[str]:
     if args.pod_id is not None:
         cmd += ["--pod-id", args.pod_id]
     cmd += ["--stop-timeout", str(args.stop_timeout), "--log-level", args.log_level]
+    cmd += _observability_flags(args, index)
     return [*cmd, "--process-index", str(index)]
+
+
+def _observability_flags(args: argparse.Namespace, index: int = 0) -> list[str]:
+    flags = ["--log-format", args.log_format]
+    if args.metrics_port is not None:
+        port = args.metrics_port + index if args.metrics_port else 0
+        flags += ["--metrics-port", str(port), "--metrics-host", args.metrics_host]
+    return flags
+
+
+def _configure_logging(args: argparse.Namespace) -> Any:
+    """Text or JSON lines on stderr; returns the task-fields filter (JSON) to give the worker
+    id once known."""
+    if args.log_format != "json":
+        logging.basicConfig(
+            level=args.log_level,
+            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+            stream=sys.stderr,
+        )
+        return None
+    import tideflow.logs
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(tideflow.logs.JsonFormatter())
+    fields = tideflow.logs.TaskFields()
+    handler.addFilter(fields)
+    logging.basicConfig(level=args.log_level, handlers=[handler])
+    tideflow.logs.instrument()  # a handler's own records carry its task's fields
+    return fields
+
+
+def _serve_metrics(args: argparse.Namespace) -> Any:
+    """Instrument the worker and serve its metrics (``--metrics-port``); returns the server."""
+    try:
+        import tideflow.metrics
+    except ImportError:
+        raise CliError(
+            f"--metrics-port needs the prometheus_client package: {METRICS_INSTALL_HINT}", code=1
+        ) from None
+    registry = tideflow.metrics.instrument()
+    try:
+        server = tideflow.metrics.serve(args.metrics_port, args.metrics_host, registry=registry)
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}", code=1
+        ) from None
+    host = args.metrics_host if ":" not in args.metrics_host else f"[{args.metrics_host}]"
+    log.info("metrics at http://%s:%d/metrics", host, server.server_port)
+    return server
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``tideflow worker APP``."""
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    fields = _configure_logging(args)
     db = args.db or os.environ.get(DB_ENV) or None
     if db is not None:
         os.environ[DB_ENV] = db  # before importing APP, so it can read it
@@ -249,6 +327,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         options["pod_id"] = args.pod_id if suffix is None else f"{args.pod_id}-{suffix}"
     if options:
         tm.configure_worker(**options)
+    if fields is not None:
+        fields.worker_id = tm.worker_id
+    try:
+        metrics = _serve_metrics(args) if args.metrics_port is not None else None
+    except CliError:
+        tm.close()
+        raise
 
     signals = _Signals()
     signals.install()
@@ -272,6 +357,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         tm.close()
         signals.restore()
+        if metrics is not None:
+            metrics.shutdown()
     codes = [child.wait() for child in signals.children]
     if any(codes):
         log.error("worker process exit codes: %s", codes)
@@ -339,7 +426,8 @@ def _reload_child_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--capabilities", args.capabilities]
     if args.pod_id is not None:
         cmd += ["--pod-id", args.pod_id]
-    return [*cmd, "--stop-timeout", str(args.stop_timeout), "--log-level", args.log_level]
+    cmd += ["--stop-timeout", str(args.stop_timeout), "--log-level", args.log_level]
+    return cmd + _observability_flags(args)
 
 
 def _watch_paths(app: str, extra: Sequence[str]) -> list[str]:

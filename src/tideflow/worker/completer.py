@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from tideflow.core.types import Change
 from tideflow.errors import StoreError
@@ -121,14 +122,31 @@ class Completer:
                 except StoreError as exc:
                     if attempt == self.max_tries - 1:
                         log.error(
-                            "giving up writing the outcome of task %s: %s", change.task_id, exc
+                            "giving up writing the outcome of task %s: %s",
+                            change.task_id,
+                            exc,
+                            extra=_extra(change),
                         )
                         done(exc)
                         break
-                    log.warning("writing a task outcome failed, retrying in %.2fs: %s", delay, exc)
+                    log.warning(
+                        "writing a task outcome failed, retrying in %.2fs: %s",
+                        delay,
+                        exc,
+                        extra=_extra(change),
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                 else:
                     done(held)
                     break
         self._done(batch)
+
+
+def _extra(change: Change) -> dict[str, Any]:
+    """Log fields of a record about ``change`` (see :mod:`tideflow.logs`)."""
+    fields: dict[str, Any] = {"task_id": change.task_id}
+    if change.fence is not None:
+        fields["attempt"] = change.fence.attempt
+        fields["worker_id"] = change.fence.worker_id
+    return fields

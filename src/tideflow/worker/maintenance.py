@@ -35,6 +35,7 @@ from tideflow.core.options import ManagerSettings
 from tideflow.core.types import Change, TaskRow
 from tideflow.store import retention
 from tideflow.store.protocol import Store
+from tideflow.worker import observe
 
 T = TypeVar("T")
 
@@ -240,7 +241,10 @@ class Maintenance:
             )
             if row is not None and row.status == "running" and row.attempt == attempt:
                 log.warning(
-                    "task %s attempt %s was claimed but never run; releasing it", task_id, attempt
+                    "task %s attempt %s was claimed but never run; releasing it",
+                    task_id,
+                    attempt,
+                    extra=observe.extra(row, self._worker_id),
                 )
                 changes.append(lifecycle.recover(row, now, self._worker_id, "orphaned claim"))
         return self._apply(done, "orphan release", changes) if changes else []

@@ -41,6 +41,7 @@ __all__ = [
     "Publication",
     "TaskFields",
     "current_task",
+    "extra",
     "inject",
     "install",
     "observed_store",
@@ -72,6 +73,16 @@ class TaskFields(NamedTuple):
 _current: contextvars.ContextVar[TaskFields | None] = contextvars.ContextVar(
     "tideflow_attempt", default=None
 )
+
+
+def extra(row: TaskRow, worker_id: str | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about an attempt of ``row`` (see :mod:`tideflow.logs`)."""
+    return {
+        "task_id": row.id,
+        "task_name": row.name,
+        "attempt": row.attempt,
+        "worker_id": worker_id if worker_id is not None else row.worker_id,
+    }
 
 
 def current_task() -> TaskFields | None:
