@@ -501,6 +501,49 @@ def test_lists_leave_out_values_unless_asked(tm: TaskManager) -> None:
     assert client.get(f"/api/tasks/{big['id']}/result").json() is None
 
 
+def test_large_results_errors_and_event_metadata_are_capped(tmp_path: Path) -> None:
+    from tideflow.testing import run_until_idle
+
+    manager = TaskManager(f"sqlite:{tmp_path / 'big.db'}")
+
+    def noisy(task: Any) -> str:
+        task.audit("dump", metadata={"blob": "y" * (2 * VALUE_LIMIT)})
+        return "z" * (2 * VALUE_LIMIT)
+
+    def loud(task: Any) -> None:
+        raise RuntimeError("e" * (2 * VALUE_LIMIT))
+
+    manager.use({"noisy": noisy, "loud": loud})
+    done = manager.submit("noisy")
+    failed = manager.submit("loud", max_retries=1)
+    try:
+        run_until_idle(manager, timeout=30)
+        client = client_for(manager, public_read=True)
+        audit = client.get(f"/api/tasks/{done}").json()
+        assert audit["task"]["result"]["url"] == f"/api/tasks/{done}/result"
+        (dump,) = [e for e in audit["events"]["items"] if e["event_type"] == "task_checkpoint"]
+        assert dump["metadata"]["truncated"] is True
+        assert dump["metadata"]["url"] is None
+        page = client.get(f"/tasks/{done}").text
+        assert "y" * 1000 not in page
+        assert "z" * 1000 not in page
+        assert f"/api/tasks/{done}/result" in page
+        assert client.get(f"/api/tasks/{done}/result").json() == "z" * (2 * VALUE_LIMIT)
+
+        error = client.get(f"/api/tasks/{failed}").json()["task"]["error"]
+        assert error["url"] == f"/api/tasks/{failed}/error"
+        assert "e" * 1000 not in client.get(f"/tasks/{failed}").text
+        listed = client.get("/api/tasks", params={"name": "loud"}).json()["items"][0]
+        assert listed["error"]["truncated"] is True
+        whole = client.get(f"/api/tasks/{failed}/error").json()
+        assert "e" * (2 * VALUE_LIMIT) in whole
+        flow = client.get(f"/api/workflows/{failed}").json()
+        assert flow["failed_tasks"][0]["error"]["truncated"] is True
+        assert flow["root_task"]["error"]["truncated"] is True
+    finally:
+        manager.close()
+
+
 # --- the command line ----------------------------------------------------------------------------
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

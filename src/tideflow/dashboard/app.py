@@ -68,7 +68,7 @@ from tideflow.errors import (
     TideflowError,
 )
 from tideflow.manager import TaskManager
-from tideflow.models import WORKER_STATUSES, Page, Status, TaskInfo
+from tideflow.models import WORKER_STATUSES, Page, Status, TaskEvent, TaskInfo
 
 __all__ = ["ACTIONS", "create_app"]
 
@@ -247,7 +247,7 @@ def create_app(
         children = tm.get_child_tasks(task_id)
         return {
             "task": _page_capped(audit.task),
-            "events": audit.events,
+            "events": _events_capped(audit.events),
             "attempts": audit.attempts,
             "children": children,
         }
@@ -513,6 +513,19 @@ def _api_task(
         if field in out:
             out[field] = cap_value(out[field], f"/api/tasks/{data['id']}/{field}")
     return out
+
+
+def _events_capped(events: Page[TaskEvent]) -> Page[TaskEvent]:
+    """The events with any metadata over the limit replaced by a marker of its size."""
+    if all(json_size(e.metadata) <= VALUE_LIMIT for e in events.items):
+        return events
+    items = [
+        dataclasses.replace(e, metadata=cap_value(e.metadata, None))
+        if json_size(e.metadata) > VALUE_LIMIT
+        else e
+        for e in events.items
+    ]
+    return dataclasses.replace(events, items=items)
 
 
 def _page_capped(task: TaskInfo) -> TaskInfo:
