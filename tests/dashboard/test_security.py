@@ -93,9 +93,9 @@ def task_id(tm: TaskManager, name: str) -> int:
 # --- reading needs the token ---------------------------------------------------------------------
 def test_reading_needs_the_token(tm: TaskManager, client: TestClient) -> None:
     small = task_id(tm, "small")
-    page = client.get(f"/tasks/{small}", params={"refresh": 5})
+    page = client.get(f"/tasks/{small}", params={"done": "retry"})
     assert page.status_code == 303
-    assert page.headers["location"] == f"/login?next=%2Ftasks%2F{small}%3Frefresh%3D5"
+    assert page.headers["location"] == f"/login?next=%2Ftasks%2F{small}%3Fdone%3Dretry"
     for path in ("/api/tasks", "/api/overview", f"/api/tasks/{small}", "/metrics"):
         denied = client.get(path)
         assert denied.status_code == 401, path
@@ -382,7 +382,7 @@ def hostile_cases(small: int) -> list[tuple[str, str, str, dict[str, Any], int]]
         ("hex offset", "GET", "/api/tasks", {"params": {"offset": "0x10"}}, 400),
         ("offset of 40 digits", "GET", "/api/tasks", {"params": {"offset": HUGE}}, 400),
         ("limit too large", "GET", "/api/tasks", {"params": {"limit": "501"}}, 400),
-        ("refresh as a float", "GET", "/", {"params": {"refresh": "5.0"}}, 400),
+        ("offset as a float", "GET", "/tasks", {"params": {"offset": "5.0"}}, 400),
         ("order with SQL", "GET", "/api/tasks", {"params": {"order": "1;DROP"}}, 400),
         ("order upper case", "GET", "/tasks", {"params": {"order": "DESC"}}, 400),
         ("unknown field", "GET", "/api/tasks", {"params": {"fields": "payload,secret"}}, 400),
