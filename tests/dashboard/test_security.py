@@ -224,7 +224,7 @@ def test_pages_have_no_inline_script_or_style(tm: TaskManager, client: TestClien
         assert response.status_code == 200, path
         found = INLINE.search(response.text)
         assert found is None, f"{path}: inline {found.group(0)!r}"  # type: ignore[union-attr]
-        assert '<script src="/static/dashboard.js"' in response.text
+        assert 'src="/static/dashboard.js"' in response.text
 
 
 # --- sessions ------------------------------------------------------------------------------------
