@@ -1,15 +1,15 @@
-"""The worker: claim loop, executors, heartbeats, timeouts and graceful stop.
+"""The worker: executes attempts, heartbeats, self-fencing, timeouts and graceful stop.
 
-A worker runs one asyncio event loop in a background thread. Async handlers run on that loop;
-sync handlers run on handler threads (:mod:`tideflow.worker.executor`). Store calls run in a
-small store thread pool so a slow write never blocks the loop. The worker never builds SQL and
+A worker runs one asyncio event loop in a background thread. Its claim loop and slots are the
+producer's (:mod:`tideflow.worker.producer`); async handlers run on the loop, sync handlers on
+handler threads (:mod:`tideflow.worker.executor`). Store calls run in a small store thread pool
+so a slow write never blocks the loop. The worker never builds SQL and
 never picks a status: it asks :mod:`tideflow.core.lifecycle` for each change and hands it to the
 store."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -28,12 +28,13 @@ from typing import Any, TypeVar
 from tideflow.core import codec, cron, lifecycle, workflow
 from tideflow.core.options import ManagerSettings
 from tideflow.core.registry import Registration, Registry
-from tideflow.core.types import Change, ClaimRequest, TaskRow, WorkerRow
+from tideflow.core.types import Change, TaskRow, WorkerRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
 from tideflow.store.protocol import Store
-from tideflow.worker.completer import Completer, Item
+from tideflow.worker.completer import Completer
 from tideflow.worker.executor import Deadlines, HandlerThreads, Returned
 from tideflow.worker.maintenance import MAINTENANCE_LEASE, Maintenance
+from tideflow.worker.producer import Gate, Producer, row_key
 from tideflow.worker.task import AttemptState, Next, Suspend, Task
 
 __all__ = ["Worker"]
@@ -46,24 +47,12 @@ R = TypeVar("R")
 #: ``worker_heartbeat_timeout`` stops its attempts: others may judge it dead at the full timeout
 SELF_FENCE_FRACTION = 0.5
 
-#: the most tasks a worker claims ahead of its free slots (see ``Worker._prefetch``)
-PREFETCH_MAX = 200
-
-#: on a store with a push channel (PostgreSQL NOTIFY), the longest an idle worker sleeps
-#: without a wake-up before it claims again (see ``Worker._idle_wait``)
-SAFETY_POLL = 30.0
-
 
 _INTERNAL = (
     os.path.dirname(os.path.abspath(__file__)),
     os.path.dirname(concurrent.futures.__file__),
     os.path.dirname(asyncio.__file__),
 )
-
-
-def row_key(row: TaskRow) -> tuple[int, int]:
-    """(task id, attempt) of a row."""
-    return row.id, row.attempt
 
 
 def format_error(exc: BaseException) -> str:
@@ -112,36 +101,13 @@ class Worker:
         self.worker_id = settings().worker_id
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._producer: Producer | None = None  # made on the worker's loop
         self._stop_requested: asyncio.Event | None = None
-        self._closing = False
-        self._exchanges: dict[asyncio.Task[bool], bool] = {}  # exchange -> whether it claims
-        self._parallel = max(1, store.parallel_exchanges)
-        self._reserved = 0  # slots promised to claims on their way
-        self._reserved_by_name: dict[str, int] = {}
         self._stop_timeout = 30.0
         self._started = threading.Event()
         self._start_error: BaseException | None = None
-        self._paused = False
-        self._stopping = False
-        self._fenced = False  # this worker's row says superseded or dead: claim nothing
+        self._gate = Gate()  # paused, stopping, fenced (its row says superseded or dead), ...
         self._active: dict[int, Attempt] = {}
-        self._occupied = 0
-        # Prefetch: claimed rows waiting for a slot. A worker with few slots and fast handlers
-        # spends its time waiting for claims: with 10 slots and an exchange of 3 ms it could not
-        # run more than 3,300 tasks/s, and each transaction carried 5 tasks. So when a claim
-        # came back full after at least as many handlers as it asked for had finished during
-        # its round trip (the slots turn over faster than claims arrive), the next claims ask
-        # for up to ``_prefetch`` rows beyond the free slots (doubling, up to PREFETCH_MAX); the
-        # rows wait here in claim order and start as slots free. A claim that comes back short
-        # (no more due work) ends it at once; one that lands while rows still wait here halves
-        # it, so slow handlers never gather a backlog. Waiting rows are owned (heartbeated, in
-        # ``_inflight``) and count against per-type limits; when the worker stops, is fenced or
-        # loses contact they are given back, never started.
-        self._ready: collections.deque[TaskRow] = collections.deque()
-        self._prefetch = 0
-        self._freed = 0  # slots freed so far (how fast the slots turn over)
-        self._by_name: dict[str, int] = {}
         self._db_pool = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="tideflow-db")
         self._sweeper = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="tideflow-maintenance"
@@ -156,15 +122,13 @@ class Worker:
         )
         self._offset = 0.0  # the database's clock minus this host's, as last measured
         self._contact = time.monotonic()  # when the last successful worker heartbeat started
-        self._out_of_contact = False  # self-fenced: no heartbeat for too long
         self._registered_version = -1
         self._beat: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._emptied: asyncio.Event | None = None  # set whenever no attempt is running
-        # (task id, attempt) whose row this worker still owns on purpose: running, or with an
-        # outcome queued but not yet written; anything else it owns is an orphan
+        # (task id, attempt) whose row this worker still owns on purpose: claimed, running, or
+        # with an outcome queued but not yet written; anything else it owns is an orphan
         self._inflight: set[tuple[int, int]] = set()
-        self._pushed = False  # the store wakes this worker when work may be due (subscribe)
 
     # --- control from other threads ------------------------------------------------------------
     @property
@@ -190,7 +154,7 @@ class Worker:
         self._stop_timeout = max(0.0, timeout)
 
         def request() -> None:
-            self._stopping = True
+            self._gate.stopping = True
             if self._stop_requested is not None:
                 self._stop_requested.set()
             self._poke()
@@ -204,23 +168,20 @@ class Worker:
     def pause(self) -> None:
         """Stop claiming (running attempts go on); returns once no claim of this worker is
         still on its way (what such a claim took is started)."""
-        self._paused = True
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or threading.current_thread() is thread:
+        self._gate.paused = True
+        loop, thread, producer = self._loop, self._thread, self._producer
+        if loop is None or thread is None or producer is None:
+            return
+        if threading.current_thread() is thread:
             return
         with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
-            asyncio.run_coroutine_threadsafe(self._claims_landed(), loop).result(
+            asyncio.run_coroutine_threadsafe(producer.claims_landed(), loop).result(
                 self._settings().worker_heartbeat_timeout
             )
 
-    async def _claims_landed(self) -> None:
-        trips = [t for t, claims in self._exchanges.items() if claims]
-        if trips:
-            await asyncio.wait(trips)
-
     def resume(self) -> None:
         """Claim again after :meth:`pause`."""
-        self._paused = False
+        self._gate.paused = False
         self.notify()
 
     def refresh(self) -> None:
@@ -244,8 +205,8 @@ class Worker:
                 loop.call_soon_threadsafe(self._poke)
 
     def _poke(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        if self._producer is not None:
+            self._producer.poke()
 
     # --- the loop ------------------------------------------------------------------------------
     def _thread_main(self) -> None:
@@ -264,10 +225,21 @@ class Worker:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._beat = asyncio.Event()
         self._completer = Completer(self._poke)
+        self._producer = producer = Producer(
+            self._store,
+            self._registry,
+            self._settings,
+            self._completer,
+            worker_id=self.worker_id,
+            gate=self._gate,
+            launch=self._launch,
+            db=self._db,
+            clock=self._now,
+            inflight=self._inflight,
+        )
         self._emptied = asyncio.Event()
         self._threads: HandlerThreads[Attempt] = HandlerThreads(self._loop, self._returned)
         self._deadlines: Deadlines[Attempt] = Deadlines(self._loop, self._expire)
@@ -281,17 +253,16 @@ class Worker:
             return
         self._started.set()
         unsubscribe = self._store.subscribe(self.notify)
-        self._pushed = unsubscribe is not None
+        producer.pushed = unsubscribe is not None
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="tideflow-heartbeat"),
             asyncio.create_task(self._maintenance_loop(), name="tideflow-maintenance"),
             asyncio.create_task(self._contact_watch(), name="tideflow-contact"),
         ]
-        syncer = asyncio.create_task(self._sync_loop(), name="tideflow-sync")
+        syncer = asyncio.create_task(producer.run(), name="tideflow-sync")
         await self._stop_requested.wait()
-        await self._shutdown()
-        self._closing = True
-        self._poke()
+        await self._shutdown(producer)
+        producer.close()
         await syncer
         if unsubscribe is not None:
             unsubscribe()
@@ -318,224 +289,16 @@ class Worker:
             expires_at=now + settings.worker_heartbeat_timeout,
         )
 
-    def _claim_request(self, now: float) -> ClaimRequest | None:
-        settings = self._settings()
-        room = settings.max_concurrent_tasks + self._prefetch
-        share = -(-room // self._parallel)
-        free = min(share, room - self._occupied - len(self._ready) - self._reserved)
-        if free <= 0:
-            return None
-        names: dict[str, int | None] = {}
-        for name, reg in self._registry.snapshot().items():
-            cap = reg.max_concurrent
-            if cap is None:
-                names[name] = None
-            else:
-                left = cap - self._by_name.get(name, 0) - self._reserved_by_name.get(name, 0)
-                if left > 0:
-                    names[name] = min(left, free)
-        if not names:
-            return None
-        return ClaimRequest(
-            worker_id=self.worker_id,
-            now=now,
-            limit=free,
-            names=names,
-            capabilities=frozenset(settings.capabilities),
-            plan=lifecycle.claim(self.worker_id, now),
-        )
-
-    async def _sync_loop(self) -> None:
-        """Write queued outcomes and claim new work until the worker closes.
-
-        Up to ``Store.parallel_exchanges`` exchanges (outcomes plus a claim, one transaction
-        each) are on their way at once, each claiming at most its share of the slots: while one
-        waits on the database, the handlers of the other's batch run and free their slots.
-        While the last claim came back short (an idle queue), one claim at a time: a poll or a
-        poke of an idle worker is one transaction, not one per parallel exchange.
-        """
-        assert self._wake is not None
-        idle_until = 0.0  # after a claim came back short, only a poke claims again before this
-        short = True  # the last claim that landed came back short
-        while not self._closing:
-            poll = self._settings().poll_interval
-            self._wake.clear()
-            while len(self._exchanges) < self._parallel:
-                request = None
-                if (
-                    not (self._paused or self._stopping or self._fenced or self._out_of_contact)
-                    and time.monotonic() >= idle_until
-                ):
-                    request = self._claim_request(self._now())
-                if request is not None and short and any(self._exchanges.values()):
-                    request = None  # idle: one claim at a time
-                if request is None and not self._completer.pending():
-                    break
-                if self._exchanges and not self._worth_another(request):
-                    break  # the exchange on its way wakes the loop when it lands
-                if request is not None:
-                    self._reserve(request, 1)  # now: the next request must see it
-                trip = asyncio.create_task(
-                    self._trip(self._completer.take(), request), name="tideflow-exchange"
-                )
-                self._exchanges[trip] = request is not None
-            waiter = asyncio.ensure_future(self._wake.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    [*self._exchanges, waiter],
-                    timeout=max(0.001, idle_until - time.monotonic()) if idle_until else poll,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                waiter.cancel()
-            came_back_short = False
-            for trip in done & self._exchanges.keys():
-                claimed = self._exchanges.pop(trip)
-                if trip.cancelled() or trip.exception() is not None:
-                    log.error("an exchange failed", exc_info=trip.exception())
-                    idle_until = time.monotonic() + poll
-                elif trip.result():
-                    idle_until = time.monotonic() + poll
-                    short = short or claimed
-                    came_back_short = came_back_short or claimed
-                elif claimed:
-                    short = False
-            if waiter in done or not done:
-                idle_until = 0.0  # poked (a submit, a freed slot) or the poll came round
-            elif came_back_short and self._pushed and not self._exchanges:
-                wait = await self._idle_wait(poll)
-                # a wake-up that came while next_due() was on its way must not be lost
-                idle_until = 0.0 if self._wake.is_set() else time.monotonic() + wait
-        if self._exchanges:
-            await asyncio.wait(list(self._exchanges))
-
-    def _worth_another(self, request: ClaimRequest | None) -> bool:
-        """Whether to start an exchange while another is on its way: only with at least half
-        the slots' worth of outcomes queued or of rows to claim.
-
-        Sync handlers return one at a time, each freeing a slot and waking the loop: starting
-        an exchange at each wake-up sent many transactions of one or two outcomes each (the
-        worker paid a database round trip per few tasks; a no-op drain with 10 slots ran at
-        0.5x of ``async def``). Outcomes that arrive while an exchange is on its way now wait
-        for it to land (at most one round trip) and go together; the stop and flush paths are
-        unchanged, as the exchange that lands wakes the loop again.
-        """
-        gather = max(1, self._settings().max_concurrent_tasks // 2)
-        if request is not None and request.limit >= gather:
-            return True
-        return self._completer.queued() >= gather
-
-    async def _idle_wait(self, poll: float) -> float:
-        """How long an idle worker on a store with a push channel sleeps before it claims again.
-
-        The store wakes it when a transaction makes a task claimable (``subscribe``), so after
-        a short claim it needs to look again only when the earliest waiting task falls due
-        (``next_due()``, one read), or after ``SAFETY_POLL`` at the latest (a missed wake-up,
-        a task another worker could not take). ``poll_interval`` stays the wait of stores
-        without a push channel, and of a failed read.
-        """
-        try:
-            due = await self._db(self._store.next_due)
-        except Exception as exc:
-            log.debug("next_due() failed, polling: %s", exc)
-            return poll
-        wait = max(poll, SAFETY_POLL)
-        if due is not None:
-            wait = min(wait, due - self._now())
-        return max(0.001, wait)
-
-    def _reserve(self, request: ClaimRequest, sign: int) -> None:
-        self._reserved += sign * request.limit
-        for name, cap in request.names.items():
-            if cap is not None:
-                self._reserved_by_name[name] = self._reserved_by_name.get(name, 0) + sign * cap
-
-    async def _trip(self, batch: list[Item], request: ClaimRequest | None) -> bool:
-        """One exchange; True when its claim came back short (no more due work for now)."""
-        freed = self._freed
-        try:
-            rows = await self._exchange(batch, request)
-        finally:
-            if request is not None:
-                self._reserve(request, -1)
-        if rows is None:
-            return True
-        if rows and (self._fenced or self._out_of_contact):
-            # claimed just before this worker was fenced off: give them back at once
-            now = self._now()
-            for row in rows:
-                self._completer.put(lifecycle.recover(row, now, self.worker_id, "worker fenced"))
-            return True
-        if request is not None:
-            self._adapt_prefetch(len(rows) >= request.limit, self._freed - freed >= request.limit)
-        for row in rows:
-            self._ready.append(row)
-            self._inflight.add((row.id, row.attempt))
-            self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
-        self._start_ready()
-        return request is not None and len(rows) < request.limit
-
-    def _adapt_prefetch(self, full: bool, turned_over: bool) -> None:
-        """Grow the prefetch when a full claim lands after its worth of slots was freed, end it
-        when a claim comes back short, halve it when rows were still waiting (see ``_ready``)."""
-        if not full:
-            self._prefetch = 0
-        elif self._ready:
-            self._prefetch //= 2
-        elif turned_over:
-            self._prefetch = min(
-                PREFETCH_MAX, max(self._settings().max_concurrent_tasks, 2 * self._prefetch)
-            )
-
-    def _start_ready(self) -> None:
-        """Start waiting claimed rows while slots are free."""
-        ready = self._ready
-        if not ready or self._stopping or self._fenced or self._out_of_contact:
-            return
-        limit = self._settings().max_concurrent_tasks
-        while ready and self._occupied < limit:
-            row = ready.popleft()
-            self._by_name[row.name] -= 1
-            self._launch(row)
-
-    def _give_back_ready(self, reason: str | None) -> None:
-        """Rows waiting for a slot: given back with ``reason`` (released at once), or with None
-        only forgotten (out of contact: they are released as orphaned claims later)."""
-        now = self._now()
-        while self._ready:
-            row = self._ready.popleft()
-            self._by_name[row.name] -= 1
-            self._inflight.discard(row_key(row))
-            if reason is not None:
-                self._completer.put(lifecycle.recover(row, now, self.worker_id, reason))
-        self._prefetch = 0
-
-    async def _exchange(
-        self, batch: list[Item], request: ClaimRequest | None
-    ) -> list[TaskRow] | None:
-        """One transaction: write ``batch``, then claim; None when it failed."""
-        try:
-            held, rows = await self._db(
-                self._store.exchange, [change for change, _ in batch], request
-            )
-        except Exception as exc:
-            log.warning("writing outcomes or claiming failed, retrying: %s", exc)
-            if batch:
-                await self._completer.write_each(
-                    batch, lambda changes: self._db(self._store.apply, changes)
-                )
-            return None
-        self._completer.resolve(batch, held)
-        return rows
-
-    def _launch(self, row: TaskRow) -> None:
+    def _launch(self, row: TaskRow) -> bool:
+        """Start an attempt of claimed ``row``; False when it took no slot (given back or
+        failed at once)."""
         reg = self._registry.get(row.name)
         state = AttemptState(time.monotonic() + row.timeout)
         if reg is None:  # unregistered between the claim and now: give it back
             self._inflight.discard(row_key(row))
             change = lifecycle.recover(row, self._now(), self.worker_id, "handler unregistered")
             self._completer.put(change)
-            return
+            return False
         try:
             task = Task(
                 row,
@@ -549,11 +312,9 @@ class Worker:
             log.error("task %s (%s) cannot be started: %s", row.id, row.name, exc)
             self._inflight.discard(row_key(row))
             self._completer.put(lifecycle.fail(row, format_error(exc), self._now(), self._rng))
-            return
+            return False
         attempt = Attempt(row=row, registration=reg, task=task, state=state)
         self._active[row.id] = attempt
-        self._occupied += 1
-        self._by_name[row.name] = self._by_name.get(row.name, 0) + 1
         self._deadlines.watch(attempt, state.deadline)
         if reg.is_async:
             attempt.runner = asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}")
@@ -561,6 +322,7 @@ class Worker:
         else:
             args = (task, task.next) if reg.takes_next else (task,)
             self._threads.submit(attempt, functools.partial(reg.handler, *args))
+        return True
 
     def _enqueue_event(self, state: AttemptState, change: Change) -> None:
         """Queue a progress or checkpoint event of a running attempt for the next group commit;
@@ -614,11 +376,8 @@ class Worker:
         if attempt.settled:
             return
         attempt.settled = True
-        self._occupied -= 1
-        self._freed += 1
-        self._by_name[attempt.row.name] -= 1
-        self._start_ready()
-        self._poke()
+        assert self._producer is not None
+        self._producer.slot_freed(attempt.row.name)
 
     async def _execute(self, a: Attempt) -> None:
         """Run an async handler; cancelled by ``_expire`` at its deadline."""
@@ -749,7 +508,7 @@ class Worker:
                     self._fence_lost(checked, owned)
                 except Exception as exc:
                     log.warning("task heartbeat of worker %s failed: %s", self.worker_id, exc)
-            if owned is not None and not self._out_of_contact:
+            if owned is not None and not self._gate.out_of_contact:
                 running = set(self._inflight)
                 try:
                     await self._db(self._maint.release_orphans, owned, running, self._now())
@@ -764,7 +523,7 @@ class Worker:
             await asyncio.sleep(
                 min(settings.task_heartbeat_interval, settings.worker_heartbeat_interval)
             )
-            fenced = self._fenced or self._out_of_contact
+            fenced = not self._gate.holds_claims
             try:
                 await loop.run_in_executor(
                     self._sweeper,
@@ -784,7 +543,7 @@ class Worker:
             if left > 0:
                 await asyncio.sleep(left)
                 continue
-            if not self._out_of_contact:
+            if not self._gate.out_of_contact:
                 self._lose_contact(time.monotonic() - self._contact)
             await asyncio.sleep(limit / 10)
 
@@ -796,8 +555,9 @@ class Worker:
             silent,
             len(self._active),
         )
-        self._out_of_contact = True
-        self._give_back_ready(None)
+        self._gate.out_of_contact = True
+        if self._producer is not None:
+            self._producer.give_back_ready(None)
         for a in list(self._active.values()):
             self._abandon(a)
 
@@ -846,7 +606,7 @@ class Worker:
         self._contact = started
         if owned is not None:
             self._fence_lost(checked, owned)
-        rejoin = self._out_of_contact
+        rejoin = self._gate.out_of_contact
         if rejoin:
             self._regain_contact()
         if status in ("superseded", "dead"):
@@ -857,7 +617,7 @@ class Worker:
 
     def _regain_contact(self) -> None:
         log.warning("worker %s reached the database again and carries on", self.worker_id)
-        self._out_of_contact = False
+        self._gate.out_of_contact = False
         self._poke()
 
     async def _register(self, settings: ManagerSettings) -> None:
@@ -879,7 +639,7 @@ class Worker:
         dead (its heartbeat was late): claim nothing (its running tasks are recovered by others
         and its late writes fenced) until no live active worker of its pod is left, then
         register again."""
-        if not self._fenced:
+        if not self._gate.fenced:
             log.warning(
                 "worker %s was marked %s by another worker; its running tasks are recovered"
                 " elsewhere and it claims nothing%s",
@@ -887,8 +647,9 @@ class Worker:
                 status,
                 f" while pod {settings.pod_id} has another live worker" if settings.pod_id else "",
             )
-            self._fenced = True
-            self._give_back_ready("worker fenced")
+            self._gate.fenced = True
+            if self._producer is not None:
+                self._producer.give_back_ready("worker fenced")
             with contextlib.suppress(Exception):
                 await self._db(self._store.release_lease, MAINTENANCE_LEASE, self.worker_id)
         if settings.pod_id is not None:
@@ -904,17 +665,16 @@ class Worker:
             if any(w.pod_id == settings.pod_id for w in active if w.worker_id != self.worker_id):
                 return
         await self._register(settings)
-        self._fenced = False
+        self._gate.fenced = False
         log.warning("worker %s registered again and claims work", self.worker_id)
         self._poke()
 
     # --- stopping ------------------------------------------------------------------------------
-    async def _shutdown(self) -> None:
-        self._poke()
+    async def _shutdown(self, producer: Producer) -> None:
+        producer.poke()
         # a claim already on its way must land first, or its rows would start after the release
-        if self._exchanges:
-            await asyncio.wait(list(self._exchanges))
-        self._give_back_ready("worker stopped")  # claimed ahead, never started
+        await producer.exchanges_landed()
+        producer.give_back_ready("worker stopped")  # claimed ahead, never started
         if self._active:
             assert self._emptied is not None
             self._emptied.clear()
