@@ -2,6 +2,7 @@
 
     python bench/cost.py [--stores sqlite,postgres,mysql] [-n 20000] [--runs 3]
                          [--concurrency 200 | --defaults] [--sync]
+                         [--instrument metrics,otel,logs]
 
 Wall-clock throughput on a small shared machine swings by ±20% between runs; CPU time spent per
 task moves far less, so this is the figure to compare before and after a change to the hot path.
@@ -77,7 +78,12 @@ def target_for(store: str, tmp: Path) -> tuple[str, str]:
 
 
 def one_run(
-    store: str, n: int, tmp: Path, concurrency: int | None = 200, sync: bool = False
+    store: str,
+    n: int,
+    tmp: Path,
+    concurrency: int | None = 200,
+    sync: bool = False,
+    instrument: str = "",
 ) -> tuple[float, float, float]:
     """(worker µs/task, server µs/task, wall-clock tasks/s) of one drain of ``n`` no-op tasks;
     ``concurrency`` None runs the worker with default settings, ``sync`` a plain def handler."""
@@ -99,6 +105,7 @@ def one_run(
     args = ["tideflow_worker.py", url]
     args += ["--defaults"] if concurrency is None else ["--concurrency", str(concurrency)]
     args += ["--sync"] if sync else []
+    args += ["--instrument", instrument] if instrument else []
     proc = Proc(args)
     try:
         proc.wait_ready()
@@ -122,12 +129,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200, help="worker slots (default 200)")
     parser.add_argument("--defaults", action="store_true", help="the worker's default settings")
     parser.add_argument("--sync", action="store_true", help="a plain def no-op handler")
+    parser.add_argument(
+        "--instrument",
+        default="",
+        help="the worker's instrumentation, comma-separated: metrics, otel, logs (default none)",
+    )
     args = parser.parse_args()
     concurrency = None if args.defaults else args.concurrency
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
             runs = [
-                one_run(store, args.n, Path(tmp), concurrency, args.sync) for _ in range(args.runs)
+                one_run(store, args.n, Path(tmp), concurrency, args.sync, args.instrument)
+                for _ in range(args.runs)
             ]
             worker, server, rate = (median([r[i] for r in runs]) or 0.0 for i in range(3))
             print(

@@ -40,6 +40,38 @@ def sync_noop(task: Any) -> None:
     return None
 
 
+def instrument(kinds: str) -> None:
+    """Turn on the instrumentation named in ``kinds`` (before the worker starts)."""
+    for kind in filter(None, kinds.split(",")):
+        if kind == "metrics":
+            import tideflow.metrics
+
+            tideflow.metrics.instrument()
+        elif kind == "logs":
+            import tideflow.logs
+
+            tideflow.logs.instrument()
+        elif kind == "otel":
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import (
+                BatchSpanProcessor,
+                SpanExporter,
+                SpanExportResult,
+            )
+
+            import tideflow.otel
+
+            class Drop(SpanExporter):
+                def export(self, spans: Any) -> SpanExportResult:
+                    return SpanExportResult.SUCCESS
+
+            provider = TracerProvider()
+            provider.add_span_processor(BatchSpanProcessor(Drop()))
+            tideflow.otel.instrument(tracer_provider=provider)
+        else:
+            raise SystemExit(f"unknown instrumentation {kind!r}")
+
+
 def build_manager(
     url: str, concurrency: int | None, poll: float | None, sync: bool = False
 ) -> TaskManager:
@@ -62,7 +94,13 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--sync", action="store_true", help="a plain def no-op handler")
     parser.add_argument("--defaults", action="store_true", help="default concurrency and poll")
+    parser.add_argument(
+        "--instrument",
+        default="",
+        help="comma-separated: metrics, otel (spans to a batch processor that drops them), logs",
+    )
     args = parser.parse_args()
+    instrument(args.instrument)
     if args.defaults:
         args.concurrency = args.poll = None
     tm = build_manager(args.url, args.concurrency, args.poll, args.sync)

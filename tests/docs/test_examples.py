@@ -35,6 +35,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "routing.py": ["4k video rendered on gpu", "completed", "'requires': ['gpu']"],
     "worker_app.py": ["{'completed': 2}"],
+    "tracing.py": [
+        "{'packed': ['box-mug', 'box-gift']}",
+        "checkout\n  publish order\n    process order\n      process pack\n        print label\n",
+    ],
 }
 PROGRAMS = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("test_"))
 INCLUDE = re.compile(r'--8<-- "([^"]+)"')

@@ -31,6 +31,7 @@ from tideflow.core.registry import Registration, Registry
 from tideflow.core.types import Change, TaskRow, WorkerRow
 from tideflow.errors import OwnershipLostError, TaskTimeoutError
 from tideflow.store.protocol import Store
+from tideflow.worker import observe
 from tideflow.worker.completer import Completer
 from tideflow.worker.executor import Deadlines, HandlerThreads, Returned
 from tideflow.worker.maintenance import MAINTENANCE_LEASE, Maintenance
@@ -81,6 +82,7 @@ class Attempt:
     finished: bool = False  # its outcome is decided (queued, or dropped)
     returned: bool = False  # its handler has returned: the slot can be freed
     settled: bool = False  # its slot is free
+    observed: observe.Observation | None = None  # its instrumentation, when there is some
 
 
 class Worker:
@@ -309,19 +311,34 @@ class Worker:
                 clock=self._now,
             )
         except Exception as exc:  # e.g. a stored payload that cannot be decoded
-            log.error("task %s (%s) cannot be started: %s", row.id, row.name, exc)
+            log.error(
+                "task %s (%s) cannot be started: %s",
+                row.id,
+                row.name,
+                exc,
+                extra=observe.extra(row, self.worker_id),
+            )
             self._inflight.discard(row_key(row))
             self._completer.put(lifecycle.fail(row, format_error(exc), self._now(), self._rng))
             return False
-        attempt = Attempt(row=row, registration=reg, task=task, state=state)
+        # instrumented: the handler runs in the attempt's own context (its span current there)
+        observed = observe.start_attempt(row, self.worker_id) if observe.HOOKS else None
+        attempt = Attempt(row=row, registration=reg, task=task, state=state, observed=observed)
         self._active[row.id] = attempt
         self._deadlines.watch(attempt, state.deadline)
         if reg.is_async:
-            attempt.runner = asyncio.create_task(self._execute(attempt), name=f"tideflow-{row.id}")
+            attempt.runner = asyncio.create_task(
+                self._execute(attempt),
+                name=f"tideflow-{row.id}",
+                context=None if observed is None else observed.context,
+            )
             self._tasks.add(attempt.runner)
         else:
             args = (task, task.next) if reg.takes_next else (task,)
-            self._threads.submit(attempt, functools.partial(reg.handler, *args))
+            call = functools.partial(reg.handler, *args)
+            if observed is not None:
+                call = functools.partial(observed.context.run, call)
+            self._threads.submit(attempt, call)
         return True
 
     def _enqueue_event(self, state: AttemptState, change: Change) -> None:
@@ -336,7 +353,12 @@ class Worker:
             if held is False:
                 state.lost = True
             elif isinstance(held, BaseException):
-                log.warning("an event of task %s was not written: %s", change.task_id, held)
+                log.warning(
+                    "an event of task %s was not written: %s",
+                    change.task_id,
+                    held,
+                    extra={"task_id": change.task_id, "worker_id": self.worker_id},
+                )
 
         self._completer.put(change, written)
 
@@ -420,6 +442,8 @@ class Worker:
             self._tasks.discard(a.runner)
         key = row_key(a.row)
         change = None if a.abandoned else self._outcome(a, value, error, timed_out)
+        if a.observed is not None:
+            a.observed.end(change, error)
         if change is None:
             self._inflight.discard(key)
         else:
@@ -430,7 +454,11 @@ class Worker:
     def _written(self, key: tuple[int, int], held: bool | BaseException) -> None:
         self._inflight.discard(key)
         if held is False:
-            log.info("the outcome of task %s attempt %s was fenced off", *key)
+            log.info(
+                "the outcome of task %s attempt %s was fenced off",
+                *key,
+                extra={"task_id": key[0], "attempt": key[1], "worker_id": self.worker_id},
+            )
 
     def _outcome(
         self, a: Attempt, value: Any, error: BaseException | None, timed_out: bool
@@ -445,7 +473,11 @@ class Worker:
             )
             return lifecycle.fail(row, message, now, self._rng, timed_out=True)
         if isinstance(error, OwnershipLostError):
-            log.info("task %s attempt %s lost ownership; its outcome is dropped", *row_key(row))
+            log.info(
+                "task %s attempt %s lost ownership; its outcome is dropped",
+                *row_key(row),
+                extra=observe.extra(row, self.worker_id),
+            )
             return None
         if isinstance(error, TaskTimeoutError):
             return lifecycle.fail(row, format_error(error), now, self._rng, timed_out=True)
@@ -461,6 +493,7 @@ class Worker:
                     settings.policy,
                     now,
                     settings.max_payload_bytes,
+                    trace_context=value.trace_context,
                 )
                 return lifecycle.spawn(row, children, value.context, now)
             if isinstance(value, Suspend):
@@ -575,7 +608,12 @@ class Worker:
     def _fence_lost(self, checked: Mapping[int, Attempt], owned: Mapping[int, int]) -> None:
         for task_id, a in checked.items():
             if self._active.get(task_id) is a and owned.get(task_id) != a.row.attempt:
-                log.info("task %s attempt %s was fenced off; stopping it", task_id, a.row.attempt)
+                log.info(
+                    "task %s attempt %s was fenced off; stopping it",
+                    task_id,
+                    a.row.attempt,
+                    extra=observe.extra(a.row, self.worker_id),
+                )
                 self._abandon(a)
 
     async def _worker_heartbeat(
