@@ -22,6 +22,7 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -40,6 +41,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Scope
 
+from tideflow.dashboard import views
+from tideflow.dashboard.live import ChangeFeed, short_mark
 from tideflow.dashboard.security import (
     LOOPBACK_HOSTS,
     VALUE_LIMIT,
@@ -82,7 +85,7 @@ LIST_FIELDS = ("payload", "result", "context")
 VALUE_FIELDS = ("payload", "result", "context", "error")
 ORDERS = ("desc", "asc")
 MAX_PAGE = 500
-TREE_LIMIT = 2000  # tasks drawn in a workflow tree
+TREE_LIMIT = 500  # tasks per page of a workflow's timeline
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -152,6 +155,8 @@ def create_app(
     if not isinstance(token, str) or len(token) < 8:
         raise InvalidOptionError("the dashboard token must be a string of at least 8 characters")
     templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+    views.install(templates.env)
+    feed = ChangeFeed(tm)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Metrics(tm))
     sessions = SessionStore(idle=session_idle, lifetime=session_lifetime, clock=clock)
@@ -191,7 +196,6 @@ def create_app(
 
     def page(request: Request, name: str, context: Mapping[str, Any], status: int = 200) -> Any:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-        refresh = _int_param(request, "refresh", 0, 0, 3600) if status == 200 else 0
         response = templates.TemplateResponse(
             request,
             name,
@@ -200,8 +204,7 @@ def create_app(
                 "signed_in": signed_in(request),
                 "statuses": STATUSES,
                 "actions": ACTIONS,
-                "refresh": refresh,
-                "refresh_links": _refresh_links(request),
+                "mark": None,
                 **context,
             },
             status_code=status,
@@ -233,12 +236,21 @@ def create_app(
         }
 
     def task_page(request: Request) -> tuple[Page[TaskInfo], dict[str, Any], int, int]:
-        filters = _task_filters(request)
+        """A page of the task list: the exact filters, the searches and the sort of
+        :func:`views.search_keywords`; returns the parameters used (for links) as filters."""
+        _task_filters(request)  # the exact filters' checks
+        keywords, used = views.search_keywords(request.query_params, datetime.now(UTC))
         limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 10**12)
         order = parse_choice(request.query_params.get("order"), "order", ORDERS, "desc")
-        found = tm.query_tasks(**filters, limit=limit, offset=offset, order=order)
-        return found, filters, limit, offset
+        if request.query_params.get("order"):
+            used["order"] = order
+        found = tm.query_tasks(**keywords, limit=limit, offset=offset, order=order)
+        return found, used, limit, offset
+
+    def live_mark() -> str:
+        """The change mark a page is rendered at (its script compares the stream's with it)."""
+        return short_mark(tm.get_change_mark())
 
     def task_detail(task_id: int) -> dict[str, Any]:
         audit = tm.get_task_audit(task_id)
@@ -252,20 +264,35 @@ def create_app(
             "children": children,
         }
 
-    def workflow_detail(root_id: int) -> dict[str, Any]:
+    def workflow_detail(root_id: int, offset: int = 0) -> dict[str, Any]:
         summary = tm.get_workflow_audit_summary(root_id)
         if summary["root_task"] is None:
             raise TaskNotFoundError(f"no workflow with root id {root_id}")
-        tasks = tm.query_tasks(workflow_root_id=root_id, limit=TREE_LIMIT).items
-        kids: dict[int | None, list[TaskInfo]] = {}
-        for t in tasks:
-            kids.setdefault(t.parent_id if t.id != root_id else None, []).append(t)
+        found = tm.query_tasks(workflow_root_id=root_id, limit=TREE_LIMIT, offset=offset)
+        tasks = found.items
+        root = tm.get_task(root_id)
+        assert root is not None
+        path = views.critical_path(root, tm.get_child_tasks)
+        path_attempts = {t.id: tm.query_task_attempts(t.id).items for t in path}
+        attempts = []
+        if tasks:
+            # the attempts of this page's tasks (they started after its first was created)
+            on_page = {t.id for t in tasks}
+            attempts = [
+                a
+                for a in tm.query_workflow_attempts(
+                    root_id, started_after=tasks[0].created_at, limit=TREE_LIMIT * 20
+                ).items
+                if a.task_id in on_page
+            ]
+        drawn = views.timeline(tasks, attempts, datetime.now(UTC), root_id, path, path_attempts)
         return {
             "summary": summary,
-            "tasks": tasks,
-            "children": kids,
-            "critical": {n["task_id"] for n in summary["critical_path"]["nodes"]},
-            "truncated": summary["totals"]["tasks"] > len(tasks),
+            "root": root,
+            "page": found,
+            "timeline": drawn,
+            "prev": max(0, offset - TREE_LIMIT) if offset else None,
+            "next": offset + TREE_LIMIT if found.has_more else None,
         }
 
     def act(task_id: int, action: str, reason: str | None) -> None:
@@ -284,34 +311,159 @@ def create_app(
 
     # --- HTML ---------------------------------------------------------------------------------
     def home(request: Request) -> Any:
-        return page(request, "overview.html", {"o": overview()})
+        return page(request, "overview.html", {"o": overview(), "mark": live_mark()})
 
     def tasks(request: Request) -> Any:
+        mark = live_mark()
         found, filters, limit, offset = task_page(request)
 
         def link(new_offset: int) -> str:
             return "/tasks?" + urlencode({**filters, "limit": limit, "offset": new_offset})
 
+        def sort_link(key: str) -> str:
+            """The column's header: sorts by it, the other way round when it already does."""
+            current = filters.get("sort", "id")
+            order = filters.get("order", "desc")
+            flip = "asc" if current == key and order == "desc" else "desc"
+            return "/tasks?" + urlencode({**filters, "sort": key, "order": flip, "limit": limit})
+
+        done = parse_text(request.query_params.get("done"), "done")
         return page(
             request,
             "tasks.html",
             {
                 "page": found,
                 "filters": filters,
+                "sort": filters.get("sort", "id"),
+                "order": filters.get("order", "desc"),
+                "sort_link": sort_link,
+                "limit": limit,
                 "prev": link(max(0, offset - limit)) if offset else None,
                 "next": link(offset + limit) if found.has_more else None,
+                "bulk_actions": views.BULK_ACTIONS,
+                "bulk_max": views.BULK_MAX,
+                "done": done,
+                "mark": mark,
             },
         )
 
     def task(request: Request) -> Any:
+        mark = live_mark()
         data = task_detail(request.path_params["task_id"])
-        return page(request, "task.html", {**data, "done": request.query_params.get("done")})
+        done = parse_text(request.query_params.get("done"), "done")
+        return page(request, "task.html", {**data, "done": done, "mark": mark})
 
     def workflow(request: Request) -> Any:
-        return page(request, "workflow.html", workflow_detail(request.path_params["root_id"]))
+        mark = live_mark()
+        offset = _int_param(request, "offset", 0, 0, 10**12)
+        data = workflow_detail(request.path_params["root_id"], offset)
+        return page(request, "workflow.html", {**data, "mark": mark})
 
     def workers(request: Request) -> Any:
-        return page(request, "workers.html", {"workers": tm.get_workers()})
+        mark = live_mark()
+        show_all = parse_choice(request.query_params.get("all"), "all", ("0", "1"), "0") == "1"
+        everyone = tm.get_workers()
+        shown, hidden = views.visible_workers(everyone, datetime.now(UTC), show_all)
+        running: dict[str, list[TaskInfo]] = {}
+        found = tm.query_tasks(status="running", limit=MAX_PAGE, order="asc")
+        for t in found.items:
+            running.setdefault(t.worker_id or "", []).append(t)
+        return page(
+            request,
+            "workers.html",
+            {
+                "workers": shown,
+                "hidden": hidden,
+                "show_all": show_all,
+                "running": running,
+                "running_total": found.total,
+                "age_out": views.WORKER_AGE_OUT,
+                "mark": mark,
+            },
+        )
+
+    async def events_stream(request: Request) -> Any:
+        """Server-sent events: ``hello`` then ``change`` whenever the database changed."""
+        return StreamingResponse(
+            feed.stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def bulk(request: Request) -> Any:
+        """A bulk action on the task list's selection: first a review page that says how many
+        tasks it acts on, which it skips and why (running ones unless included), then, with
+        ``confirm=1``, the action on exactly the tasks reviewed (re-checked: one that started
+        running meanwhile is skipped unless running ones were included)."""
+        form = await request.form()
+        if not _csrf_ok(request, form):
+            raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
+        if not signed_in(request):
+            return RedirectResponse(f"/login?{urlencode({'next': '/tasks'})}", 303)
+        action = parse_text(_form_text(form, "action"), "action") or ""
+        if action not in views.BULK_ACTIONS:
+            raise InvalidOptionError(
+                f"bulk action must be one of {', '.join(views.BULK_ACTIONS)}; got {action[:40]!r}"
+            )
+        include_running = _form_text(form, "include_running") == "1"
+        scope = parse_choice(_form_text(form, "scope"), "scope", ("selected", "all"), "selected")
+        back = {k: v for k in views.SEARCH_PARAMS if (v := _form_text(form, k))}
+        reason = parse_text(_form_text(form, "reason"), "reason")
+        raw_ids = [v for v in form.getlist("ids") if isinstance(v, str)]
+        if len(raw_ids) > views.BULK_MAX or not all(i.isascii() and i.isdigit() for i in raw_ids):
+            raise InvalidOptionError(f"ids must be at most {views.BULK_MAX} task ids")
+        ids = [int(i) for i in raw_ids if len(i) <= 19]
+
+        def chosen() -> tuple[Sequence[TaskInfo], bool]:
+            if scope == "all" and _form_text(form, "confirm") != "1":
+                keywords, _ = views.search_keywords(back, datetime.now(UTC))
+                found = tm.query_tasks(**keywords, limit=views.BULK_MAX, order="asc")
+                return found.items, found.has_more
+            if not ids:
+                raise InvalidOptionError(
+                    "no task is selected: tick the tasks to act on, or choose all matching"
+                )
+            return tm.query_tasks(ids=ids, limit=views.BULK_MAX, order="asc").items, False
+
+        items, more = await run_in_threadpool(chosen)
+        selection = views.select_bulk(action, items, include_running, more)
+        if _form_text(form, "confirm") != "1":
+            return page(
+                request,
+                "bulk.html",
+                {
+                    "selection": selection,
+                    "meaning": views.BULK_ACTIONS[action][1],
+                    "back": back,
+                    "back_url": "/tasks?" + urlencode(back),
+                    "reason": reason,
+                },
+            )
+
+        def run() -> tuple[int, int]:
+            done = failed = 0
+            if action == "delete":
+                targets = selection.targets
+                if targets:
+                    done = tm.delete_tasks(ids=targets)
+                return done, len(items) - done
+            for task_id in selection.targets:
+                try:
+                    if action == "retry":
+                        tm.retry_task(task_id)
+                    else:
+                        tm.cancel_task(task_id, reason=reason)
+                    done += 1
+                except (InvalidTransitionError, TaskNotFoundError):
+                    failed += 1
+            return done, len(items) - done
+
+        done, skipped = await run_in_threadpool(run)
+        verb = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}[action]
+        note = f"{verb} {done} task{'s' if done != 1 else ''}"
+        if skipped:
+            note += f", skipped {skipped}"
+        return RedirectResponse(f"/tasks?{urlencode({**back, 'done': note})}", status_code=303)
 
     async def login(request: Request) -> Any:
         if request.method == "GET":
@@ -460,6 +612,8 @@ def create_app(
     routes = [
         Route("/", home),
         Route("/tasks", tasks),
+        Route("/tasks/bulk", bulk, methods=["POST"]),
+        Route("/events/stream", events_stream),
         Route("/tasks/{task_id:tideflow_id}", task),
         Route("/tasks/{task_id:tideflow_id}/{action:str}", task_action, methods=["POST"]),
         Route("/workflows/{root_id:tideflow_id}", workflow),
@@ -542,14 +696,10 @@ def _page_capped(task: TaskInfo) -> TaskInfo:
     return dataclasses.replace(task, **changes) if changes else task
 
 
-def _refresh_links(request: Request) -> list[tuple[str, str]]:
-    """(label, url) to turn the page's auto-refresh off or on, keeping its other parameters."""
-    params = {k: v for k, v in request.query_params.items() if k not in ("refresh", "done")}
-    out = []
-    for label, seconds in (("off", 0), ("5 s", 5), ("30 s", 30)):
-        query = urlencode({**params, "refresh": seconds} if seconds else params)
-        out.append((label, f"{request.url.path}?{query}" if query else request.url.path))
-    return out
+def _form_text(form: Mapping[str, Any], name: str) -> str:
+    """A form field as text ("" when absent or a file)."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
 
 
 def _csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
