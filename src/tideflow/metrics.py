@@ -45,21 +45,38 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 BATCH_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
-class _Attempt:
-    __slots__ = ("_metrics", "_name")
+class _Named:
+    """The children of one task name (``labels()`` takes a lock and builds a key: look them
+    up once per name, not per attempt)."""
+
+    __slots__ = ("attempts", "duration", "in_flight", "lag", "name")
 
     def __init__(self, metrics: _Metrics, name: str) -> None:
+        self.name = name
+        self.lag = metrics.lag.labels(name)
+        self.in_flight = metrics.in_flight.labels(name)
+        self.duration = metrics.duration.labels(name)
+        self.attempts: dict[str, Any] = {}
+
+
+class _Attempt:
+    __slots__ = ("_metrics", "_named")
+
+    def __init__(self, metrics: _Metrics, named: _Named) -> None:
         self._metrics = metrics
-        self._name = name
+        self._named = named
 
     def enter(self) -> None:
         pass
 
     def end(self, outcome: str, error: BaseException | None, duration: float) -> None:
-        m, name = self._metrics, self._name
-        m.in_flight.labels(name).dec()
-        m.attempts.labels(name, outcome).inc()
-        m.duration.labels(name).observe(duration)
+        named = self._named
+        named.in_flight.dec()
+        counter = named.attempts.get(outcome)
+        if counter is None:
+            counter = named.attempts[outcome] = self._metrics.attempts.labels(named.name, outcome)
+        counter.inc()
+        named.duration.observe(duration)
 
 
 class _Metrics:
@@ -67,6 +84,7 @@ class _Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._named: dict[str, _Named] = {}
         self.attempts = Counter(
             f"{PREFIX}_attempts",
             "Attempts ended, by task name and outcome",
@@ -113,10 +131,13 @@ class _Metrics:
         return None
 
     def attempt(self, row: TaskRow, worker_id: str) -> _Attempt:
+        named = self._named.get(row.name)
+        if named is None:
+            named = self._named.setdefault(row.name, _Named(self, row.name))
         if row.start_time is not None and row.next_run_time is not None:
-            self.lag.labels(row.name).observe(max(0.0, row.start_time - row.next_run_time))
-        self.in_flight.labels(row.name).inc()
-        return _Attempt(self, row.name)
+            named.lag.observe(max(0.0, row.start_time - row.next_run_time))
+        named.in_flight.inc()
+        return _Attempt(self, named)
 
     def claimed(self, count: int) -> None:
         self.batch.observe(count)

@@ -177,3 +177,19 @@ def test_worker_metrics_without_prometheus_client_says_which_extra(
 def test_worker_rejects_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["worker", "obsapp:tm", "--metrics-port", "70000"]) == 2
     assert "0-65535" in capsys.readouterr().err
+
+
+def test_extra_processes_get_the_next_ports_and_the_same_log_format() -> None:
+    from tideflow.cli.main import build_parser
+    from tideflow.cli.worker import _child_command, _reload_child_command
+
+    args = build_parser().parse_args(
+        ["worker", "obsapp:tm", "--processes", "3", "--metrics-port", "9100", "--log-format",
+         "json", "--metrics-host", "0.0.0.0"]
+    )  # fmt: skip
+    command = _child_command(args, 2)
+    assert command[command.index("--metrics-port") + 1] == "9102"
+    assert command[command.index("--metrics-host") + 1] == "0.0.0.0"
+    assert command[command.index("--log-format") + 1] == "json"
+    reload = _reload_child_command(args)
+    assert reload[reload.index("--metrics-port") + 1] == "9100"
