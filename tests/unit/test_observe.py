@@ -131,7 +131,7 @@ def test_an_attempt_runs_in_a_context_that_knows_it(recorder: Recorder) -> None:
     assert obs is not None
     assert observe.current_task() is None  # not here: in the attempt's context only
     fields = obs.context.run(observe.current_task)
-    assert fields == observe.TaskFields(7, "job", 2, "w1")
+    assert fields == observe.CurrentAttempt(7, "job", 2, "w1")
     assert recorder.calls == [("enter", fields)]
     closed = Change(7, 7, None, frozenset(), {}, attempt_close=AttemptClose(2, "failed", 1.0))
     error = ValueError("x")

@@ -35,11 +35,11 @@ from tideflow.core.types import Change, NewTask, TaskRow
 __all__ = [
     "HOOKS",
     "AttemptHook",
+    "CurrentAttempt",
     "Hooks",
     "Observation",
     "ObservedStore",
     "Publication",
-    "TaskFields",
     "current_task",
     "extra",
     "inject",
@@ -60,7 +60,7 @@ HOOKS: tuple[Hooks, ...] = ()
 _lock = threading.Lock()
 
 
-class TaskFields(NamedTuple):
+class CurrentAttempt(NamedTuple):
     """What a log record or span says about the attempt it concerns."""
 
     task_id: int
@@ -70,7 +70,7 @@ class TaskFields(NamedTuple):
 
 
 #: the attempt whose handler runs in this context (set only while some hook is installed)
-_current: contextvars.ContextVar[TaskFields | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[CurrentAttempt | None] = contextvars.ContextVar(
     "tideflow_attempt", default=None
 )
 
@@ -85,7 +85,7 @@ def extra(row: TaskRow, worker_id: str | None = None) -> dict[str, Any]:
     }
 
 
-def current_task() -> TaskFields | None:
+def current_task() -> CurrentAttempt | None:
     """The attempt whose handler is running here, when the worker is instrumented."""
     return _current.get()
 
@@ -229,11 +229,11 @@ def start_attempt(row: TaskRow, worker_id: str) -> Observation | None:
         if found is not None:
             attached.append(found)
     context = contextvars.copy_context()
-    context.run(_enter, TaskFields(row.id, row.name, row.attempt, worker_id), attached)
+    context.run(_enter, CurrentAttempt(row.id, row.name, row.attempt, worker_id), attached)
     return Observation(context, attached)
 
 
-def _enter(fields: TaskFields, attached: list[AttemptHook]) -> None:
+def _enter(fields: CurrentAttempt, attached: list[AttemptHook]) -> None:
     _current.set(fields)
     for hook in attached:
         try:
@@ -262,9 +262,12 @@ class ObservedStore:
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 result = value(*args, **kwargs)
-            except BaseException as exc:
+            except Exception as exc:
                 for hook in HOOKS:
-                    hook.store_error(name, exc)
+                    try:
+                        hook.store_error(name, exc)
+                    except Exception as failure:
+                        _failed(hook, failure)
                 raise
             if name == "exchange" and (args[1:2] or [kwargs.get("request")])[0] is not None:
                 _claimed(len(result[1]))
@@ -279,7 +282,10 @@ class ObservedStore:
 
 def _claimed(count: int) -> None:
     for hook in HOOKS:
-        hook.claimed(count)
+        try:
+            hook.claimed(count)
+        except Exception as exc:
+            _failed(hook, exc)
 
 
 def observed_store(store: R) -> R:
