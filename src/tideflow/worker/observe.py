@@ -162,7 +162,7 @@ def _merge(parts: Sequence[Mapping[str, str] | None]) -> str | None:
 def publish(insert: Callable[[list[NewTask]], list[int]], tasks: Sequence[NewTask]) -> list[int]:
     """``insert(tasks)`` with each task's ``trace_context`` set from the hooks' headers."""
     names = [str(t.values.get("name")) for t in tasks]
-    pubs = [p for p in (h.publish(names) for h in HOOKS) if p is not None]
+    pubs = [p for p in (_call(h, "publish", names) for h in HOOKS) if p is not None]
     if not pubs:
         return insert(list(tasks))
     stamped: list[NewTask] = []
@@ -187,7 +187,7 @@ def inject() -> str | None:
     hooks = HOOKS
     if not hooks:
         return None
-    return _merge([h.inject() for h in hooks])
+    return _merge([_call(h, "inject") for h in hooks])
 
 
 class Observation:
@@ -240,6 +240,15 @@ def _enter(fields: CurrentAttempt, attached: list[AttemptHook]) -> None:
             hook.enter()
         except Exception as exc:
             _failed(hook, exc)
+
+
+def _call(hook: Any, method: str, *args: Any) -> Any:
+    """``hook.method(*args)``; None (and a warning) when it raises."""
+    try:
+        return getattr(hook, method)(*args)
+    except Exception as exc:
+        _failed(hook, exc)
+        return None
 
 
 def _failed(hook: Any, exc: Exception) -> None:
