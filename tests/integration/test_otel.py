@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import SpanKind, StatusCode
 
 import tideflow.otel
+from tideflow import TaskManager
 
 Spans = Callable[[], list[ReadableSpan]]
 
@@ -53,10 +54,24 @@ def provider() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
 
 
 @pytest.fixture
-def manager(
-    traced_url: str, provider: Any, make_manager: Callable[..., Any]
-) -> Any:  # instrumented before the manager starts
-    return make_manager(db=traced_url)
+def make(traced_url: str) -> Iterator[Callable[[], Any]]:
+    """Managers on the traced database, stopped and closed at teardown (not ``make_manager``,
+    whose every backend would run each test once more)."""
+    made: list[TaskManager] = []
+
+    def factory() -> TaskManager:
+        made.append(TaskManager(traced_url, poll_interval=0.02))
+        return made[-1]
+
+    yield factory
+    for tm in reversed(made):
+        tm.stop(timeout=5)
+        tm.close()
+
+
+@pytest.fixture
+def manager(provider: Any, make: Callable[[], Any]) -> Any:  # instrumented before it starts
+    return make()
 
 
 def _named(exporter: InMemorySpanExporter, name: str, count: int = 1) -> list[ReadableSpan]:
@@ -241,7 +256,7 @@ def test_each_cron_round_starts_a_trace_linked_to_the_schedule(manager: Any, pro
         assert span.attributes["tideflow.task.type"] == "cron"
 
 
-def test_uninstrument_stops_tracing(traced_url: str, make_manager: Callable[..., Any]) -> None:
+def test_uninstrument_stops_tracing(make: Callable[[], Any]) -> None:
     exporter = InMemorySpanExporter()
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(exporter))
@@ -249,7 +264,7 @@ def test_uninstrument_stops_tracing(traced_url: str, make_manager: Callable[...,
     assert tideflow.otel.instrumented()
     tideflow.otel.uninstrument()
     assert not tideflow.otel.instrumented()
-    tm = make_manager(db=traced_url)
+    tm = make()
     tm.use("job", lambda task: 1)
     task_id = tm.submit("job")
     tm.start()
@@ -298,11 +313,11 @@ def test_without_instrument_opentelemetry_is_never_imported(tmp_path: Path) -> N
 
 
 def test_instrument_uses_the_global_provider_by_default(
-    traced_url: str, make_manager: Callable[..., Any]
+    make: Callable[[], Any],
 ) -> None:
     tideflow.otel.instrument()
     try:
-        tm = make_manager(db=traced_url)
+        tm = make()
         tm.use("job", lambda task: 1)
         task_id = tm.submit("job")
         # the default global provider is a no-op: nothing is recorded, nothing breaks
