@@ -14,7 +14,7 @@ import pytest
 
 from tideflow.core import lifecycle
 from tideflow.core.options import TaskPolicy
-from tideflow.core.types import ClaimRequest, TaskRow, WorkerRow
+from tideflow.core.types import ClaimRequest, SweepRead, SweepRequest, TaskRow, WorkerRow
 from tideflow.store.factory import open_store
 from tideflow.store.protocol import Store
 
@@ -183,6 +183,48 @@ def test_orphaned_tasks_lists_tasks_of_workers_not_active_and_marks_nobody(store
 
     assert store.mark_dead_workers(30.0, exclude="me") == ["silent"]
     assert [t.worker_id for t in store.orphaned_tasks(exclude="me")] == ["silent", "dead", "gone"]
+
+
+def test_sweep_marks_takes_the_lease_and_reads_in_one_transaction(store: Store) -> None:
+    """``sweep`` answers what mark_dead_workers, acquire_lease, orphaned_tasks and
+    running_tasks answer one by one, and marks and leases the same."""
+    ids = {owner: submit(store, due_in=-600) for owner in ("silent", "gone", "live")}
+    for owner in ("silent", "gone", "live"):
+        (row,) = claim(store, owner, limit=1, plan_at=store.clock() - 120)
+        assert row.id == ids[owner]
+    worker(store, "silent", seen_ago=3600)
+    worker(store, "live")
+    worker(store, "me")
+    worker(store, "holder")
+    assert store.acquire_lease(LEASE, "holder", 30.0)
+
+    def request(**fields: object) -> SweepRequest:
+        values: dict[str, object] = {
+            "worker_id": "me",
+            "silent_for": 30.0,
+            "lease": LEASE,
+            "fenced": False,
+            "recover": True,
+            "stalled_after": 60.0,
+        }
+        values.update(fields)
+        return SweepRequest(**values)  # type: ignore[arg-type]
+
+    # another worker holds the lease: only the marks
+    read = store.sweep(request())
+    assert (read.dead, read.leader, read.orphaned, read.stalled) == (["silent"], False, [], [])
+    assert statuses(store)["silent"] == "dead"
+    store.set_worker_status("holder", "stopped", store.clock())
+    # a fenced worker never takes the lease, even a free one
+    assert store.sweep(request(fenced=True)) == SweepRead([], False, [], [])
+    assert store.lease_holder(LEASE) == "holder"
+
+    read = store.sweep(request())
+    assert read.leader
+    assert store.lease_holder(LEASE) == "me"
+    assert [t.id for t in read.orphaned] == [ids["silent"], ids["gone"]]
+    assert [t.id for t in read.stalled] == sorted(ids.values())  # every heartbeat 2 min old
+    assert store.sweep(request(recover=False)).orphaned == []
 
 
 def test_task_heartbeats_are_judged_by_their_age_on_the_database_clock(store: Store) -> None:

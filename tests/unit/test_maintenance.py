@@ -1,11 +1,13 @@
 """Maintenance rounds against a store whose clock the test moves (no database, no sleeping).
 
 ``FakeStore`` keeps workers, the lease and task rows in dicts and judges liveness with its own
-``now``, as the real stores judge it with the database's clock.
+``now``, as the real stores judge it with the database's clock. Every test runs twice: with the
+round's reads in one transaction (``sweep``) and with ``sweep`` failing, step by step.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import random
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from tideflow.core.options import ManagerSettings
-from tideflow.core.types import Change, TaskRow
+from tideflow.core.types import Change, SweepRead, SweepRequest, TaskRow
 from tideflow.worker.maintenance import MAINTENANCE_LEASE, Maintenance
 from unit.test_lifecycle import make_row
 
@@ -49,6 +51,7 @@ class FakeStore:
         self.fail_task: set[int] = set()  # tasks whose write raises
         self.applied: list[Change] = []
         self.retention_calls: list[float] = []
+        self.sweeps = 0  # rounds whose reads ran in one transaction
 
     def _check(self, op: str) -> None:
         if op in self.fail:
@@ -79,6 +82,24 @@ class FakeStore:
             self.lease = (holder, self.now)
             return True
         return False
+
+    def sweep(self, request: SweepRequest) -> SweepRead:
+        """The round's reads in one transaction: all or nothing, like the real stores'."""
+        self._check("sweep")
+        saved = copy.deepcopy((self.workers, self.lease))
+        try:
+            dead = self.mark_dead_workers(request.silent_for, exclude=request.worker_id)
+            if request.fenced or not self.acquire_lease(
+                request.lease, request.worker_id, request.silent_for
+            ):
+                return SweepRead(dead, False, [], [])
+            orphaned = self.orphaned_tasks(exclude=request.worker_id) if request.recover else []
+            stalled = self.running_tasks(heartbeat_older_than=request.stalled_after)
+        except Exception:
+            self.workers, self.lease = saved  # rolled back
+            raise
+        self.sweeps += 1
+        return SweepRead(dead, True, orphaned, stalled)
 
     def orphaned_tasks(self, *, exclude: str, limit: int = 1000) -> list[TaskRow]:
         self._check("orphaned_tasks")
@@ -154,10 +175,12 @@ def running_row(task_id: int, worker_id: str, *, heartbeat_at: float = T0) -> Ta
     )
 
 
-@pytest.fixture
-def store() -> FakeStore:
+@pytest.fixture(params=["together", "step by step"])
+def store(request: pytest.FixtureRequest) -> FakeStore:
     s = FakeStore()
     s.workers["me"] = FakeWorker("active", T0)
+    if request.param == "step by step":
+        s.fail.add("sweep")
     return s
 
 
@@ -310,3 +333,29 @@ def test_orphaned_claims_are_released_on_the_second_look(store: FakeStore) -> No
     assert m.release_orphans(owned, {(2, 1)}) == [1]
     assert store.tasks[1].status == "pending"
     assert store.tasks[2].status == "running"
+
+
+def test_a_dead_workers_stalled_task_is_recovered_not_timed_out(store: FakeStore) -> None:
+    """Its heartbeat is as old as its worker's silence: recovery comes first, and the task
+    read as stalled in the same round is not timed out as well."""
+    store.workers["w1"] = FakeWorker("active", T0)
+    store.tasks[1] = running_row(1, "w1", heartbeat_at=T0)
+    store.now = T0 + 61  # past both the worker's (30 s) and the task's (60 s) timeout
+    done = maintenance(store).run_once()
+    assert (done.marked_dead, done.recovered, done.timed_out) == (["w1"], [1], [])
+    assert store.tasks[1].status == "pending"
+    assert [c.task_id for c in store.applied] == [1]
+
+
+def test_a_round_reads_in_one_transaction_when_it_can() -> None:
+    store = FakeStore()
+    store.workers["me"] = FakeWorker("active", T0)
+    m = maintenance(store)
+    m.run_once()
+    m.run_once()
+    assert store.sweeps == 2
+    store.fail.add("running_tasks")  # the sweep's stall read breaks: step by step, once
+    done = m.run_once()
+    assert store.sweeps == 2
+    assert done.leader
+    assert done.failed_steps == ["stall sweep"]

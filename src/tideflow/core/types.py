@@ -172,6 +172,28 @@ class Change(NamedTuple):
     fan_in: FanIn | None = None
 
 
+class SweepRequest(NamedTuple):
+    """One maintenance round's reads and marks (``Store.sweep``): mark silent workers dead,
+    then, unless ``fenced``, take or renew ``lease``, and if held read the orphaned and the
+    stalled running tasks."""
+
+    worker_id: str
+    silent_for: float  # a worker last seen longer ago than this is dead
+    lease: str
+    fenced: bool
+    recover: bool  # read the running tasks of workers that are not active
+    stalled_after: float  # read running tasks whose heartbeat is older than this
+
+
+class SweepRead(NamedTuple):
+    """What ``Store.sweep`` marked and read."""
+
+    dead: list[str]
+    leader: bool
+    orphaned: list[TaskRow]
+    stalled: list[TaskRow]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """Claim up to ``limit`` due tasks for one worker.

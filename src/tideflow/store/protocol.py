@@ -21,6 +21,8 @@ from tideflow.core.types import (
     ClaimRequest,
     EventFilter,
     NewTask,
+    SweepRead,
+    SweepRequest,
     TaskFilter,
     TaskRow,
     WorkerRow,
@@ -220,6 +222,14 @@ class Store(Protocol):
     def mark_dead_workers(self, silent_for: float, *, exclude: str) -> list[str]:
         """Mark ``dead`` every ``active`` worker other than ``exclude`` (the caller) last seen
         before the database's now minus ``silent_for`` seconds; return their ids."""
+
+    def sweep(self, request: SweepRequest) -> SweepRead:
+        """One maintenance round's reads and marks in one transaction: what
+        :meth:`mark_dead_workers` does (excluding ``request.worker_id``), then, unless
+        ``request.fenced``, :meth:`acquire_lease` (stale after ``silent_for``), and, if the
+        lease is held, :meth:`orphaned_tasks` (when ``request.recover``) and the running tasks
+        whose heartbeat is older than ``stalled_after`` (:meth:`running_tasks`), up to 1,000
+        each. The worker falls back to the steps one by one when it fails."""
 
     def orphaned_tasks(self, *, exclude: str, limit: int = 1000) -> list[TaskRow]:
         """Running tasks (up to ``limit``, by id) whose worker row is missing or not ``active``,

@@ -15,7 +15,9 @@ steps, each failing alone (logged once, retried next round):
 5. **retention**: every ``retention_interval`` (never in the first round) expired workflows are
    deleted on a thread of their own, so a long backlog delays no round.
 
-Every decision about liveness is taken by the store with the database's clock; ``now`` is only
+Steps 1-4 read and mark in one transaction (``Store.sweep``); when that fails, the round runs
+again step by step, so each step still fails alone. Every decision about liveness is taken by
+the store with the database's clock; ``now`` is only
 the time written into the planned changes (events, next run times). Tests drive
 :meth:`run_once` with a store of their own and move ``now`` themselves.
 """
@@ -32,7 +34,7 @@ from typing import TypeVar
 
 from tideflow.core import lifecycle
 from tideflow.core.options import ManagerSettings
-from tideflow.core.types import Change, TaskRow
+from tideflow.core.types import Change, SweepRead, SweepRequest, TaskRow
 from tideflow.store import retention
 from tideflow.store.protocol import Store
 from tideflow.worker import observe
@@ -92,13 +94,44 @@ class Maintenance:
         now = self._clock() if now is None else now
         settings = self._settings()
         done = Round()
-        dead = self._step(
-            done,
-            "mark dead",
-            lambda: self._store.mark_dead_workers(
-                settings.worker_heartbeat_timeout, exclude=self._worker_id
-            ),
+        read = self._sweep_together(settings, fenced)
+        if read is None:
+            return self._run_steps(done, now, settings, fenced)
+        self._report_dead(done, read.dead, settings)
+        done.leader = read.leader
+        if not read.leader:
+            return done
+        if read.orphaned:
+            done.recovered = self._recover(
+                done, "recovery", read.orphaned, now, "worker dead or superseded"
+            )
+        # read before the recovery was applied: a recovered task is no longer running
+        orphaned = {row.id for row in read.orphaned}
+        stalled = [row for row in read.stalled if row.id not in orphaned]
+        done.timed_out = self._time_out(done, stalled, now, settings)
+        done.retention_started = self._start_retention(now, settings)
+        return done
+
+    def _sweep_together(self, settings: ManagerSettings, fenced: bool) -> SweepRead | None:
+        """Steps 1-4's reads and marks in one transaction; None when it failed."""
+        request = SweepRequest(
+            worker_id=self._worker_id,
+            silent_for=settings.worker_heartbeat_timeout,
+            lease=MAINTENANCE_LEASE,
+            fenced=fenced,
+            recover=settings.recover_running_jobs,
+            stalled_after=settings.task_heartbeat_timeout,
         )
+        try:
+            read = self._store.sweep(request)
+        except Exception as exc:
+            log.debug("maintenance round in one transaction failed, step by step: %s", exc)
+            return None
+        for step in ("mark dead", "lease", "recovery", "stall sweep"):
+            self._logged.pop(step, None)
+        return read
+
+    def _report_dead(self, done: Round, dead: Sequence[str], settings: ManagerSettings) -> None:
         if dead:
             done.marked_dead = list(dead)
             log.warning(
@@ -106,6 +139,17 @@ class Maintenance:
                 ", ".join(dead),
                 settings.worker_heartbeat_timeout,
             )
+
+    def _run_steps(self, done: Round, now: float, settings: ManagerSettings, fenced: bool) -> Round:
+        """The round step by step, each step failing alone."""
+        dead = self._step(
+            done,
+            "mark dead",
+            lambda: self._store.mark_dead_workers(
+                settings.worker_heartbeat_timeout, exclude=self._worker_id
+            ),
+        )
+        self._report_dead(done, dead or [], settings)
         if fenced:
             return done
         done.leader = bool(
@@ -205,6 +249,12 @@ class Maintenance:
         rows = self._step(
             done, "stall sweep", lambda: self._store.running_tasks(heartbeat_older_than=limit)
         )
+        return self._time_out(done, rows or [], now, settings)
+
+    def _time_out(
+        self, done: Round, rows: Sequence[TaskRow], now: float, settings: ManagerSettings
+    ) -> list[int]:
+        limit = settings.task_heartbeat_timeout
         if not rows:
             return []
         changes = [

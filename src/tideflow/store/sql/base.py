@@ -25,6 +25,8 @@ from tideflow.core.types import (
     FanIn,
     NewEvent,
     NewTask,
+    SweepRead,
+    SweepRequest,
     TaskFilter,
     TaskRow,
     WorkerRow,
@@ -965,6 +967,12 @@ class SqlStore:
         heartbeat_older_than: float | None = None,
         limit: int = 1000,
     ) -> list[TaskRow]:
+        with self._read() as cur:
+            return self._running(cur, worker_id, heartbeat_older_than, limit)
+
+    def _running(
+        self, cur: Cursor, worker_id: str | None, heartbeat_older_than: float | None, limit: int
+    ) -> list[TaskRow]:
         sql = f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running'"
         params: list[Any] = []
         if worker_id is not None:
@@ -975,9 +983,8 @@ class SqlStore:
             params.append(heartbeat_older_than)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        with self._read() as cur:
-            cur.execute(self._q(sql), params)
-            return [self._decode_task(r) for r in cur.fetchall()]
+        cur.execute(self._q(sql), params)
+        return [self._decode_task(r) for r in cur.fetchall()]
 
     def heartbeat_tasks(self, worker_id: str) -> dict[int, int]:
         with self._write() as cur:
@@ -1182,18 +1189,21 @@ class SqlStore:
         return None if row is None else str(row[0])
 
     def acquire_lease(self, name: str, holder: str, stale_after: float) -> bool:
-        now = self.now_sql
         with self._write() as cur:
-            cur.execute(
-                self._q(
-                    f"UPDATE {L} SET holder = ?, renewed_at = {now} WHERE name = ?"
-                    f" AND (holder IS NULL OR holder = ? OR renewed_at < {now} - ?"
-                    f" OR NOT EXISTS (SELECT 1 FROM {W} WHERE {W}.worker_id = {L}.holder"
-                    f" AND {W}.status = 'active'))"
-                ),
-                (holder, name, holder, stale_after),
-            )
-            return int(cur.rowcount) > 0
+            return self._acquire_lease(cur, name, holder, stale_after)
+
+    def _acquire_lease(self, cur: Cursor, name: str, holder: str, stale_after: float) -> bool:
+        now = self.now_sql
+        cur.execute(
+            self._q(
+                f"UPDATE {L} SET holder = ?, renewed_at = {now} WHERE name = ?"
+                f" AND (holder IS NULL OR holder = ? OR renewed_at < {now} - ?"
+                f" OR NOT EXISTS (SELECT 1 FROM {W} WHERE {W}.worker_id = {L}.holder"
+                f" AND {W}.status = 'active'))"
+            ),
+            (holder, name, holder, stale_after),
+        )
+        return int(cur.rowcount) > 0
 
     def lease_holder(self, name: str) -> str | None:
         with self._read() as cur:
@@ -1220,31 +1230,48 @@ class SqlStore:
             )
             return max(0, int(cur.rowcount))
 
+    def sweep(self, request: SweepRequest) -> SweepRead:
+        with self._write() as cur:
+            dead = self._mark_dead(cur, request.silent_for, request.worker_id)
+            if request.fenced or not self._acquire_lease(
+                cur, request.lease, request.worker_id, request.silent_for
+            ):
+                return SweepRead(dead, False, [], [])
+            orphaned = self._orphaned(cur, request.worker_id, 1000) if request.recover else []
+            stalled = self._running(cur, None, request.stalled_after, 1000)
+        return SweepRead(dead, True, orphaned, stalled)
+
     def mark_dead_workers(self, silent_for: float, *, exclude: str) -> list[str]:
         with self._write() as cur:
-            # the rows stay locked until the UPDATE: a heartbeat committed meanwhile is seen
-            cur.execute(
-                self._q(
-                    f"SELECT worker_id FROM {W} WHERE status = 'active' AND worker_id <> ?"
-                    f" AND last_seen_at < {self.now_sql} - ? ORDER BY worker_id{self.lock_rows}"
-                ),
-                (exclude, silent_for),
-            )
-            dead = [str(r[0]) for r in cur.fetchall()]
-            self._set_status(cur, dead, "dead")
+            return self._mark_dead(cur, silent_for, exclude)
+
+    def _mark_dead(self, cur: Cursor, silent_for: float, exclude: str) -> list[str]:
+        # the rows stay locked until the UPDATE: a heartbeat committed meanwhile is seen
+        cur.execute(
+            self._q(
+                f"SELECT worker_id FROM {W} WHERE status = 'active' AND worker_id <> ?"
+                f" AND last_seen_at < {self.now_sql} - ? ORDER BY worker_id{self.lock_rows}"
+            ),
+            (exclude, silent_for),
+        )
+        dead = [str(r[0]) for r in cur.fetchall()]
+        self._set_status(cur, dead, "dead")
         return dead
 
     def orphaned_tasks(self, *, exclude: str, limit: int = 1000) -> list[TaskRow]:
         with self._read() as cur:
-            cur.execute(
-                self._q(
-                    f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running' AND worker_id <> ?"
-                    f" AND worker_id NOT IN (SELECT worker_id FROM {W} WHERE status = 'active')"
-                    " ORDER BY id LIMIT ?"
-                ),
-                (exclude, limit),
-            )
-            return [self._decode_task(r) for r in cur.fetchall()]
+            return self._orphaned(cur, exclude, limit)
+
+    def _orphaned(self, cur: Cursor, exclude: str, limit: int) -> list[TaskRow]:
+        cur.execute(
+            self._q(
+                f"SELECT {TASK_SELECT} FROM {T} WHERE status = 'running' AND worker_id <> ?"
+                f" AND worker_id NOT IN (SELECT worker_id FROM {W} WHERE status = 'active')"
+                " ORDER BY id LIMIT ?"
+            ),
+            (exclude, limit),
+        )
+        return [self._decode_task(r) for r in cur.fetchall()]
 
     def update_worker(self, worker_id: str, values: Mapping[str, Any]) -> None:
         """Set columns of one worker row."""

@@ -1,7 +1,8 @@
 """PostgreSQL dialect: psycopg 3 with a connection pool, ``SKIP LOCKED`` claims, LISTEN/NOTIFY.
 
 Every store operation borrows a pooled connection for one transaction (committed on exit, rolled
-back on error); the pool checks a connection before lending it, so connections the server dropped
+back on error); the pool checks a connection before lending it (with a round trip only when its
+idle socket has something to say, see :func:`_check_idle`), so connections the server dropped
 are replaced. Workers claim with ``FOR UPDATE SKIP LOCKED`` over a partial index on claimable
 statuses. A transaction that makes a task claimable (due now or later) sends ``NOTIFY
 tideflow_tasks``; subscribers hold one dedicated autocommit connection that LISTENs and wakes
@@ -21,6 +22,7 @@ import contextlib
 import functools
 import json
 import logging
+import select
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -285,6 +287,26 @@ def _guarded_update_sql(shape: Shape) -> str:
         f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
         f" WHERE {key} AND COALESCE({guard}, false) RETURNING t.id"
     )
+
+
+def _check_idle(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before it lends a connection: a round trip only when needed.
+
+    ``ConnectionPool.check_connection`` sends an empty query every time a connection is lent,
+    which doubled an idle worker's transactions. A pooled connection sits idle outside any
+    transaction and LISTENs to nothing, so its socket has nothing to read unless the server
+    wrote to it: a terminated backend (``pg_terminate_backend``, a restart, an idle timeout)
+    sends its FATAL error and closes the socket. So the round trip is made only when the socket
+    is readable; a check that fails makes the pool discard the connection and lend another.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    try:
+        readable = bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        readable = True
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 def _conninfo(url: str) -> str:
@@ -565,7 +587,7 @@ class PostgresStore(SqlStore):
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
-            check=ConnectionPool.check_connection,
+            check=_check_idle,
             kwargs={"connect_timeout": 10},
             name="tideflow",
             open=True,
