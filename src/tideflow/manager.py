@@ -212,6 +212,8 @@ def _search_text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidOptionError(f"{what} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise InvalidOptionError(f"{what} must not contain a NUL character, got {value[:40]!r}")
     if len(value) > MAX_SEARCH:
         raise InvalidOptionError(
             f"{what} must be at most {MAX_SEARCH} characters, got {len(value)}"

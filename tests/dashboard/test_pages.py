@@ -513,6 +513,8 @@ def test_helpers() -> None:
     assert views.parse_when("2026-04-30 08:00+02:00", "x", now).utcoffset() == timedelta(hours=2)
     with pytest.raises(InvalidOptionError):
         views.parse_when("soon", "x", now)
+    with pytest.raises(InvalidOptionError, match="before the year 1"):
+        views.parse_when("999999w", "x", now)
     rows = views.event_metadata({"next_run_time": 1_700_000_000.5, "error": "e" * 500, "n": [1]})
     assert rows[0][2] == "time"
     assert isinstance(rows[0][1], datetime)

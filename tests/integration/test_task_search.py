@@ -140,6 +140,7 @@ def test_sorting_puts_empty_values_last(tm: TaskManager) -> None:
         ({"name_prefix": ""}, "name_prefix must be a non-empty string"),
         ({"tag_contains": 5}, "tag_contains must be a non-empty string"),
         ({"worker_contains": "x" * 501}, "at most 500 characters"),
+        ({"name_prefix": "a\x00"}, "NUL"),
         ({"created_after": datetime(2024, 1, 1)}, "timezone-aware"),
         ({"finished_before": "yesterday"}, "finished_before must be a datetime"),
     ],

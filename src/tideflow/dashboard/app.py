@@ -1,9 +1,12 @@
 """The web dashboard: an ASGI application (Starlette) over a :class:`TaskManager`.
 
-Pages: the overview (counts, throughput over the last hour, workers), the task list (filters,
-paging), a task (payload, result, error, progress, events, attempts, actions), a workflow (its
-tree with the critical path marked) and the workers. ``/api/`` serves the same data as JSON and
-``/metrics`` serves Prometheus metrics.
+Pages: the overview (counts, throughput over the last hour, workers), the task list (search,
+sort, paging, bulk actions with a review page), a task (payload, result, error, progress,
+events, attempts, actions), a workflow (a paged timeline with its critical path) and the
+workers (what each runs now). They update themselves from the server-sent events of
+``/events/stream`` (:mod:`tideflow.dashboard.live`); what they show is shaped by
+:mod:`tideflow.dashboard.views`. ``/api/`` serves the same data as JSON and ``/metrics``
+serves Prometheus metrics.
 
 Reading and acting need the token (reading does not with ``public_read=True``): a browser gives
 it once at ``/login`` and gets a random session id, kept in memory here with an idle and an

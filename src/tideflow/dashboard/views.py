@@ -78,7 +78,11 @@ def parse_when(raw: str, name: str, now: datetime) -> datetime:
     text = raw.strip()
     ago = _AGO.match(text)
     if ago:
-        return now - timedelta(seconds=int(ago.group(1)) * _AGO_UNITS[ago.group(2).lower()])
+        seconds = int(ago.group(1)) * _AGO_UNITS[ago.group(2).lower()]
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidOptionError(f"{name}: {text!r} reaches before the year 1") from None
     try:
         value = datetime.fromisoformat(text.replace(" ", "T", 1) if " " in text else text)
     except ValueError:
