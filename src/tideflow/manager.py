@@ -395,6 +395,24 @@ class _Waiters:
         self._finished(None)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """The part of a task's plan its payload does not change (see ``TaskManager._shape``)."""
+
+    name: str
+    registration: Registration | None
+    max_payload_bytes: int
+    fields: Mapping[str, Any]
+
+    def plan(self, payload: Any) -> NewTask:
+        """The insert of a task of this shape carrying ``payload``."""
+        if self.registration is not None:
+            # a payload_type validates and serialises
+            payload = self.registration.prepare_payload(payload)
+        text = codec.encode(payload, f"the payload of {self.name!r}", self.max_payload_bytes)
+        return lifecycle.new_task(payload=text, **self.fields)
+
+
 class TaskManager:
     """Registers handlers, creates and controls tasks, answers queries, and runs a worker.
 
@@ -643,12 +661,22 @@ class TaskManager:
         cron_expr: str | None = None,
         tz: str | None = None,
     ) -> NewTask:
+        return self._shape(name, options, now=now, cron_expr=cron_expr, tz=tz).plan(payload)
+
+    def _shape(
+        self,
+        name: Any,
+        options: Mapping[str, Any],
+        *,
+        now: float,
+        cron_expr: str | None = None,
+        tz: str | None = None,
+    ) -> _Shape:
+        """What every task of ``name`` with ``options`` submitted at ``now`` shares: the
+        validated options, the resolved policy and the due time (checked once per shape)."""
         reg = self._registration_for(name)
         opts = validate_options(options, TASK_OPTIONS, f"task {name!r}")
         reg_opts = reg.options if reg is not None else {}
-        if reg is not None:
-            payload = reg.prepare_payload(payload)  # a payload_type validates and serialises
-        text = codec.encode(payload, f"the payload of {name!r}", self._settings.max_payload_bytes)
         policy = resolve_policy(opts, reg_opts, self._settings.policy)
         if cron_expr is not None:
             if "delay" in opts or "run_at" in opts:
@@ -657,18 +685,22 @@ class TaskManager:
             next_run = cron.next_tick(cron_expr, tz, now)
         else:
             next_run = schedule_time(now, opts.get("delay"), opts.get("run_at"))
-        return lifecycle.new_task(
+        return _Shape(
             name=name,
-            type="cron" if cron_expr is not None else "async",
-            payload=text,
-            policy=policy,
-            next_run_time=next_run,
-            now=now,
-            tag=opts.get("tag", reg_opts.get("tag")),
-            requires=opts.get("requires", reg_opts.get("requires", ())),
-            unique_key=opts.get("unique_key"),
-            cron_expr=cron_expr,
-            tz=tz,
+            registration=reg,
+            max_payload_bytes=self._settings.max_payload_bytes,
+            fields={
+                "name": name,
+                "type": "cron" if cron_expr is not None else "async",
+                "policy": policy,
+                "next_run_time": next_run,
+                "now": now,
+                "tag": opts.get("tag", reg_opts.get("tag")),
+                "requires": opts.get("requires", reg_opts.get("requires", ())),
+                "unique_key": opts.get("unique_key"),
+                "cron_expr": cron_expr,
+                "tz": tz,
+            },
         )
 
     def submit(self, name: str, payload: Any = None, /, **options: Any) -> int:
@@ -697,6 +729,7 @@ class TaskManager:
         self._check_open()
         now = self._store.clock()
         planned: list[NewTask] = []
+        shapes: dict[tuple[Any, ...], _Shape] = {}  # most items share a name and options
         for index, item in enumerate(items):
             if isinstance(item, Mapping):
                 spec = dict(item)
@@ -714,7 +747,17 @@ class TaskManager:
                     f"submit_many item #{index} must be (name, payload), (name, payload, options)"
                     f" or a dict, got {item!r}"
                 )
-            planned.append(self._plan(name, payload, {**options, **own}, now=now))
+            merged = {**options, **own}
+            try:
+                key: tuple[Any, ...] | None = (name, *merged.items())
+                shape = shapes.get(key)  # type: ignore[arg-type]
+            except TypeError:  # an option value that cannot be hashed: no reuse
+                key, shape = None, None
+            if shape is None:
+                shape = self._shape(name, merged, now=now)
+                if key is not None:
+                    shapes[key] = shape
+            planned.append(shape.plan(payload))
         if not planned:
             return []
         self._ensure_setup()
