@@ -217,7 +217,21 @@ def create_app(
         return response
 
     # --- data shared by the pages and the API -----------------------------------------------
+    shared: dict[str, Any] = {}
+
     def overview() -> dict[str, Any]:
+        """The overview's data; while live streams are open, computed once per change of the
+        database (every open overview refreshes after the same change) rather than per reader."""
+        mark = feed.current()
+        cached = shared.get("overview")
+        if mark is not None and cached is not None and cached[0] == mark:
+            return dict(cached[1])
+        data = compute_overview()
+        if mark is not None:
+            shared["overview"] = (mark, data)
+        return dict(data)
+
+    def compute_overview() -> dict[str, Any]:
         stats = tm.get_task_stats()
         by_status = dict.fromkeys(STATUSES, 0)
         names: dict[str, dict[str, int]] = {}

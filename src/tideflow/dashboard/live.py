@@ -76,6 +76,11 @@ class ChangeFeed:
     def subscribers(self) -> int:
         return self._subscribers
 
+    def current(self) -> str | None:
+        """The latest mark read while streams are open (None otherwise): what a page may key a
+        cache on, so readers refreshing after the same change share one computation."""
+        return self._mark if self._subscribers > 0 and self._mark else None
+
     def _bind(self) -> None:
         """Attach to the running loop (a new loop, as in tests, starts afresh)."""
         loop = asyncio.get_running_loop()

@@ -337,7 +337,7 @@ class Timeline:
     start: datetime
     end: datetime
     bars: list[Bar]
-    ticks: list[tuple[float, datetime]]
+    ticks: list[tuple[float, datetime, float]]  # percent, time, seconds from the start
     critical_path: list[dict[str, Any]]
     critical_seconds: float
     critical_wait: float
@@ -447,7 +447,9 @@ def timeline(
         start=start,
         end=end,
         bars=bars,
-        ticks=[(i * 25.0, start + timedelta(seconds=total * i / 4)) for i in range(5)],
+        ticks=[
+            (i * 25.0, start + timedelta(seconds=total * i / 4), total * i / 4) for i in range(5)
+        ],
         critical_path=steps,
         critical_seconds=critical_seconds,
         critical_wait=max(0.0, critical_seconds - running),

@@ -9,7 +9,8 @@
 //   the page is fetched again and each element with data-live and an id is swapped for its new
 //   version in place: forms outside those regions (a half-typed reason, the search fields) are
 //   untouched; ticked checkboxes, opened <details> and folded timeline rows inside them are
-//   kept; a region holding the keyboard focus waits for the next update.
+//   kept, and so is the keyboard focus; a region someone is typing in is refreshed when they
+//   leave it. At most one refresh a second.
 // - The workflow timeline's fold buttons hide and show a task's subtree.
 "use strict";
 
@@ -77,6 +78,12 @@
   let pending = false;
   let fetching = false;
   let latest = body.dataset.mark || "";
+  // at most one refresh a second, however often the database changes
+  const MIN_GAP = 1000;
+  let lastStart = 0;
+  let timer = 0;
+  // a region skipped because someone was typing in it: refreshed when the focus leaves
+  let stale = false;
 
   function setState(state, text) {
     if (!stateEl) return;
@@ -91,6 +98,26 @@
     }
     for (const details of region.querySelectorAll("details[id][open]")) kept.open.add(details.id);
     return kept;
+  }
+
+  function typing(el) {
+    if (el.tagName === "TEXTAREA" || el.tagName === "SELECT" || el.isContentEditable) return true;
+    return el.tagName === "INPUT" && !["checkbox", "radio", "button", "submit", "reset"].includes(el.type);
+  }
+
+  function refocus(region, old) {
+    let found = old.id ? region.querySelector(`#${CSS.escape(old.id)}`) : null;
+    if (!found && old.name) {
+      found = Array.from(region.querySelectorAll(`[name="${CSS.escape(old.name)}"]`)).find(
+        (el) => el.value === old.value,
+      );
+    }
+    if (!found && old.getAttribute("href")) {
+      found = Array.from(region.querySelectorAll("a[href]")).find(
+        (el) => el.getAttribute("href") === old.getAttribute("href"),
+      );
+    }
+    if (found) found.focus({ preventScroll: true });
   }
 
   function restore(region, kept) {
@@ -109,6 +136,7 @@
     }
     fetching = true;
     pending = false;
+    lastStart = Date.now();
     try {
       const response = await fetch(window.location.href, {
         credentials: "same-origin",
@@ -120,20 +148,21 @@
         return;
       }
       const next = new DOMParser().parseFromString(await response.text(), "text/html");
-      let waiting = false;
       for (const region of document.querySelectorAll("[data-live][id]")) {
         const fresh = next.getElementById(region.id);
         if (!fresh) continue;
-        if (region.contains(document.activeElement) && document.activeElement !== document.body) {
-          waiting = true; // someone is typing or clicking in it: next time
+        const active = region.contains(document.activeElement) ? document.activeElement : null;
+        if (active && typing(active)) {
+          stale = true; // someone is typing in it: when they leave it
           continue;
         }
         const kept = keep(region);
         const copy = document.importNode(fresh, true);
         region.replaceWith(copy);
         restore(copy, kept);
+        if (active) refocus(copy, active);
       }
-      if (next.body.dataset.mark && !waiting) body.dataset.mark = next.body.dataset.mark;
+      if (next.body.dataset.mark) body.dataset.mark = next.body.dataset.mark;
       localize(document);
       applyFolds(document);
       body.dispatchEvent(new CustomEvent("tideflow:updated"));
@@ -153,8 +182,24 @@
       pending = true;
       return;
     }
-    if (latest && latest !== body.dataset.mark) refresh();
+    if (!latest || latest === body.dataset.mark || timer) return;
+    const wait = lastStart + MIN_GAP - Date.now();
+    if (wait > 0) {
+      timer = window.setTimeout(() => {
+        timer = 0;
+        schedule();
+      }, wait);
+      return;
+    }
+    refresh();
   }
+
+  document.addEventListener("focusout", (event) => {
+    if (stale && event.target instanceof Element && event.target.closest("[data-live]")) {
+      stale = false;
+      window.setTimeout(refresh, 0);
+    }
+  });
 
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && pending) {
