@@ -108,6 +108,9 @@ def test_search_by_name_prefix_tag_worker_id_and_time(tm: TaskManager, client: T
     assert later.id not in recent
     assert root.id in recent
     assert listed(client.get("/tasks", params={"created_to": "2000-01-01"}).text) == []
+    # the JSON API takes the same searches
+    api = client.get("/api/tasks", params={"q_name": "REPORT", "sort": "created"}).json()
+    assert [t["id"] for t in api["items"]] == [root.id]
     # the form keeps what was searched
     page = client.get("/tasks", params={"q_name": "rep<x>"}).text
     assert 'value="rep&lt;x&gt;"' in page
