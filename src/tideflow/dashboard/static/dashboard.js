@@ -3,7 +3,7 @@
 //
 // - A button or link with data-confirm="question" asks before it acts.
 // - <time datetime="..."> elements, rendered in UTC by the server, are shown in the browser's
-//   time zone; the tooltip keeps UTC.
+//   time zone (data-format="short": today's as a time of day), the tooltip keeps UTC.
 // - Live updates: a page rendered with <body data-mark="..." data-stream="/events/stream">
 //   listens to the server-sent events there. When the stream's mark differs from the page's,
 //   the page is fetched again and each element with data-live and an id is swapped for its new
@@ -24,7 +24,15 @@
       const utc = el.textContent.trim();
       const time = `${pad(when.getHours())}:${pad(when.getMinutes())}:${pad(when.getSeconds())}`;
       const date = `${when.getFullYear()}-${pad(when.getMonth() + 1)}-${pad(when.getDate())}`;
-      el.textContent = el.dataset.format === "time" ? time : `${date} ${time}`;
+      const today = new Date();
+      const sameDay =
+        when.getFullYear() === today.getFullYear() &&
+        when.getMonth() === today.getMonth() &&
+        when.getDate() === today.getDate();
+      if (el.dataset.format === "time") el.textContent = time;
+      else if (el.dataset.format === "short") {
+        el.textContent = sameDay ? time : `${pad(when.getMonth() + 1)}-${pad(when.getDate())} ${time}`;
+      } else el.textContent = `${date} ${time}`;
       el.title = `${utc.endsWith("UTC") ? utc : utc + " UTC"} (shown in your time zone)`;
       el.dataset.local = "1";
     }
