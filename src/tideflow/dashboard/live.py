@@ -90,6 +90,7 @@ class ChangeFeed:
             self._poke = asyncio.Event()
             self._task = None
         if self._task is None or self._task.done():
+            self._mark = ""  # read afresh: it was not followed while nobody listened
             self._task = loop.create_task(self._run(), name="tideflow-change-feed")
 
     async def _read(self) -> str:
