@@ -80,6 +80,7 @@ __all__ = ["ACTIONS", "create_app"]
 
 ACTIONS = ("resume", "cancel", "pause", "retry", "delete")
 STATUSES = tuple(s.value for s in Status)
+UNFINISHED = tuple(s for s in STATUSES if s not in ("completed", "permanently_failed"))
 SESSION_COOKIE = "tideflow_session"
 CSRF_COOKIE = "tideflow_csrf"
 #: what a list of tasks leaves out unless asked (``?fields=payload,result``)
@@ -281,6 +282,14 @@ def create_app(
             "children": children,
         }
 
+    def last_children(parent_id: int) -> Sequence[TaskInfo]:
+        """The child a parent waited for last: an unfinished one if any (it finishes now at
+        the earliest), else the one that finished last; one row read either way."""
+        live = tm.query_tasks(parent_id=parent_id, statuses=UNFINISHED, limit=1, order="desc")
+        if live.items:
+            return live.items
+        return tm.query_tasks(parent_id=parent_id, sort="finished", order="desc", limit=1).items
+
     def workflow_detail(root_id: int, offset: int = 0) -> dict[str, Any]:
         summary = tm.get_workflow_audit_summary(root_id)
         if summary["root_task"] is None:
@@ -289,7 +298,7 @@ def create_app(
         tasks = found.items
         root = tm.get_task(root_id)
         assert root is not None
-        path = views.critical_path(root, tm.get_child_tasks)
+        path = views.critical_path(root, last_children)
         path_attempts = {t.id: tm.query_task_attempts(t.id).items for t in path}
         attempts = []
         if tasks:

@@ -469,7 +469,8 @@ def critical_path(
 ) -> list[TaskInfo]:
     """The chain of tasks the workflow's end waited for: from the root, at each level the
     child that finished last (unfinished ones count as finishing now), down to a task with no
-    children; at most 100 levels. Reads one level at a time through ``children_of``."""
+    children; at most 100 levels. Reads one level at a time through ``children_of`` (which
+    may return only the candidates: the dashboard reads one row per level)."""
     chain = [root]
     node = root
     while node.total_children and len(chain) < 100:
