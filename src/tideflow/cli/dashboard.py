@@ -160,6 +160,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             log_level="warning",
             proxy_headers=proxied,
             forwarded_allow_ips=args.forwarded_allow_ips if proxied else None,
+            # open live-update streams end within a minute on their own; a stop need not wait
+            timeout_graceful_shutdown=2,
         )
     finally:
         tm.close()
