@@ -1,7 +1,7 @@
 """Browser tests of the dashboard: Playwright for Python driving Debian's Chromium.
 
-Two dashboards are served for the session, each by uvicorn in a thread on a free 127.0.0.1
-port over a SQLite file, with a worker (its own ``TaskManager``, as in a deployment) that ran
+Two dashboards are served, each by uvicorn in a thread on a free 127.0.0.1 port over a SQLite
+file, with a worker (its own ``TaskManager``, as in a deployment) that ran
 real tasks into it:
 
 - ``site``: an operator's everyday database (mails, payments, reports as a workflow, failed
@@ -11,8 +11,10 @@ real tasks into it:
   metadata and errors carrying ``<script>``, ``"><img src=x onerror=...>``, a right-to-left
   override (U+202E), a 5,000-character tag and a 100 KB error.
 
-One browser for the session; each test gets fresh contexts (signed in by a saved session
-cookie unless asked otherwise) whose pages are watched by :class:`Guard`: a dialog nobody
+The dashboards and one browser live as long as this package's tests (not the whole run, whose
+other tests should not share the machine with their workers); each test gets fresh contexts
+(signed in by a saved session cookie unless asked otherwise) whose pages are watched by
+:class:`Guard`: a dialog nobody
 expected, a hostile string that ran (``window.__xss``), a Content-Security-Policy violation or
 an uncaught script error fails the test.
 
@@ -129,11 +131,13 @@ def serving(tm: Any, name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def managers(db: str, handlers: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+def managers(
+    db: str, handlers: dict[str, Any], worker_id: str | None = None
+) -> Iterator[tuple[Any, Any]]:
     """(the worker's manager, started; the dashboard's manager) on one SQLite file."""
     from tideflow import TaskManager
 
-    worker = TaskManager(db, poll_interval=0.02, max_concurrent_tasks=16)
+    worker = TaskManager(db, poll_interval=0.02, max_concurrent_tasks=16, worker_id=worker_id)
     worker.use(handlers)
     worker.start()
     reader = TaskManager(db, allow_unregistered=True)  # submits names no worker runs
@@ -171,7 +175,7 @@ def _render(task: Any) -> Any:
     return {"pages": task.payload["pages"]}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     gates: dict[str, queue.Queue[str]] = {}
     invoices_fixed = threading.Event()
@@ -242,7 +246,7 @@ def site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
                     gate.put("go")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def hostile_site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     def hostile(task: Any) -> Any:
         task.progress(f"{SCRIPT} {RLO_TEXT}", stage_name=IMG, progress_percent=40)
@@ -259,7 +263,7 @@ def hostile_site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     handlers = {SCRIPT: hostile, IMG: hostile, RLO_TEXT: hostile, "boom": boom, SVG: parent}
     db = f"sqlite:{tmp_path_factory.mktemp('hostile') / 'hostile.db'}"
-    with managers(db, handlers) as (worker, tm):
+    with managers(db, handlers, worker_id=f"w-{SCRIPT}-{RLO_TEXT}") as (worker, tm):
         ids = {
             "script": worker.submit(SCRIPT, {"html": SCRIPT, "img": IMG}, tag=IMG),
             "img": worker.submit(IMG, [SCRIPT, SVG], tag=SCRIPT),
@@ -277,9 +281,9 @@ def hostile_site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 # --- the browser ----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium: str, site: Site, hostile_site: Site) -> Iterator[Any]:
-    """One headless Chromium for the session (set up after the dashboards, closed before)."""
+    """One headless Chromium for these tests (set up after the dashboards, closed before)."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=WAIT_MS)
@@ -360,12 +364,14 @@ class Browsing:
         signed_in: bool = True,
         width: int = 1280,
         height: int = 800,
+        color_scheme: str = "light",
     ) -> Any:
-        """A new context (light mode, UTC clock, ``width`` x ``height``) with one page at
-        ``site.url + path``; signed in with the session's cookie unless ``signed_in=False``."""
+        """A new context (light mode unless asked, Berlin time, ``width`` x ``height``) with one
+        page at ``site.url + path`` (none if ``None``); signed in with the saved session cookie
+        unless ``signed_in=False``."""
         context = self.browser.new_context(
             viewport={"width": width, "height": height},
-            color_scheme="light",
+            color_scheme=color_scheme,
             timezone_id="Europe/Berlin",  # not UTC: local times differ from the server's
             locale="en-GB",
             storage_state=self.sessions[site.url] if signed_in else None,
@@ -385,7 +391,7 @@ def sign_in(page: Any, token: str) -> None:
     page.locator("#login-submit").click()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sessions(browser: Any, site: Site, hostile_site: Site) -> dict[str, Any]:
     """A signed-in storage state (the session cookie) per dashboard, made once by the form."""
     states = {}
