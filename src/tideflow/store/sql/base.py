@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -41,6 +42,8 @@ E = "tideflow_events"
 A = "tideflow_attempts"
 L = "tideflow_leases"
 W = "tideflow_workers"
+#: the kept counts of tasks per (name, status), in shards: see :meth:`SqlStore._counting`
+C = "tideflow_task_counts"
 
 TASK_SELECT = ", ".join(TASK_COLUMNS)
 _JITTER = TASK_COLUMNS.index("retry_jitter")
@@ -232,8 +235,15 @@ class SqlStore:
     #: SQL for the database's now as POSIX float seconds, evaluated inside the statements that
     #: judge liveness and eligibility (each dialect sets it)
     now_sql = ""
+    #: how finished_histogram names the index of finished rows (SQLite: INDEXED BY)
+    _finished_index = ""
+    #: rows per (name, status) of the kept counts, one chosen at random by each transaction:
+    #: concurrent transactions rarely wait on the same row (SQLite has one writer: 1)
+    count_shards = 1
 
     def __init__(self) -> None:
+        #: the tally of the counting transaction running on this thread (:meth:`_counting`)
+        self._tallies = threading.local()
         self._clock_lock = threading.Lock()
         self._clock_offset = 0.0
         self._clock_measured: float | None = None  # time.monotonic() of the last measurement
@@ -352,9 +362,79 @@ class SqlStore:
         parts = [str(v) if v is not None else "-" for v in row]
         return ":".join([*parts, str(self._deletions)])
 
+    # --- the kept task counts ------------------------------------------------------------------
+    # tideflow_task_counts holds numbers of tasks per (name, status, shard); their sum over the
+    # shards is the number of tasks with that name and status (task_counts reads it instead of
+    # counting the tasks table). Every write transaction that inserts or deletes tasks or changes
+    # a status runs in _counting: it tallies what it did (inserts +1, deletes -1, a change -1 on
+    # its old status and +1 on its new one, from the rows it wrote: a change that lost its guard
+    # counts nothing) and adds the tally to one shard in one statement just before it commits,
+    # so a transaction that rolls back adds nothing. A change's old status is its only
+    # from-status, or the row's status read and locked before the write (_statuses_before); a
+    # claim narrows its from-statuses to the locked candidate's.
+
+    @contextlib.contextmanager
+    def _counting(self) -> Iterator[Cursor]:
+        """A write transaction whose inserts, deletions and status changes are added to the
+        kept counts (:data:`C`) before it commits."""
+        with self._write() as cur:
+            tally: dict[tuple[str, str], int] = {}
+            self._tallies.current = tally
+            try:
+                yield cur
+                rows = [(name, status, n) for (name, status), n in sorted(tally.items()) if n]
+                if rows:
+                    self._write_counts(cur, rows)
+            finally:
+                self._tallies.current = None
+
+    def _tally(self) -> dict[tuple[str, str], int]:
+        """The running counting transaction's tally: ``{(name, status): delta}``."""
+        tally: dict[tuple[str, str], int] | None = getattr(self._tallies, "current", None)
+        if tally is None:
+            raise RuntimeError("tasks written outside SqlStore._counting: their counts would drift")
+        return tally
+
+    def _counts_upsert(self, rows: int) -> str:
+        """The statement adding ``rows`` (name, status, shard, delta) rows to the counts."""
+        values = ", ".join(["(?, ?, ?, ?)"] * rows)
+        return (
+            f"INSERT INTO {C} (name, status, shard, n) VALUES {values}"
+            f" ON CONFLICT (name, status, shard) DO UPDATE SET n = {C}.n + excluded.n"
+        )
+
+    def _write_counts(self, cur: Cursor, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Add ``(name, status, delta)`` rows (sorted: concurrent writers lock them in the same
+        order) to one shard of the counts, the transaction's last statement."""
+        shard = random.randrange(self.count_shards) if self.count_shards > 1 else 0
+        cur.execute(
+            self._q(self._counts_upsert(len(rows))),
+            [v for name, status, n in rows for v in (name, status, shard, n)],
+        )
+
+    def _statuses_before(self, cur: Cursor, changes: Sequence[Change]) -> dict[int, str]:
+        """The current statuses of the tasks of status changes that may start from several
+        (a cancel, a pause), read and locked before the guarded write: the old status the kept
+        counts take one off. A change from one status started from that one when it held."""
+        ids = sorted(
+            {c.task_id for c in changes if len(c.from_statuses) > 1 and "status" in c.values}
+        )
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cur.execute(
+                self._q(
+                    f"SELECT id, status FROM {T} WHERE id IN ({_placeholders(len(chunk))})"
+                    f" ORDER BY id{self.lock_rows}"
+                ),
+                chunk,
+            )
+            found.update((int(r[0]), str(r[1])) for r in cur.fetchall())
+        return found
+
     # --- tasks ---------------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
-        with self._write() as cur:
+        with self._counting() as cur:
             return self._insert_many(cur, tasks)
 
     def _insert_many(self, cur: Cursor, tasks: Sequence[NewTask]) -> list[int]:
@@ -382,6 +462,9 @@ class SqlStore:
             f" VALUES ({_placeholders(len(INSERT_COLUMNS))})",
             params,
         )
+        tally = self._tally()
+        key = (values["name"], values["status"])
+        tally[key] = tally.get(key, 0) + 1
         root_id = values.get("root_id")
         if root_id is None:
             root_id = task_id
@@ -447,7 +530,7 @@ class SqlStore:
     ) -> tuple[list[bool], list[TaskRow]]:
         if not changes and (request is None or request.limit <= 0 or not request.names):
             return [], []
-        with self._write() as cur:
+        with self._counting() as cur:
             self._plan_by_id(cur)
             held = self._apply_batch(cur, changes) if changes else []
             rows = self._claim_in(cur, request) if request is not None else []
@@ -469,7 +552,11 @@ class SqlStore:
             if cap is not None and taken.get(row.name, 0) >= cap:
                 continue
             taken[row.name] = taken.get(row.name, 0) + 1
-            chosen.append((row, request.plan(row)))
+            change = request.plan(row)
+            if len(change.from_statuses) > 1 and row.status in change.from_statuses:
+                # the candidate is locked: its status is the one the change starts from
+                change = change._replace(from_statuses=frozenset((row.status,)))
+            chosen.append((row, change))
         held = self._apply_batch(cur, [change for _, change in chosen])
         return [
             row.with_values(change.values)
@@ -535,16 +622,25 @@ class SqlStore:
         6. the ``fan_in`` of those that held, counted on their parents
            (:meth:`_count_children`), which resumes a parent whose round is complete.
         """
+        before = self._statuses_before(cur, changes)
         shapes = self._shapes(changes)
         readers = [self._guarded_update(cur, shape, rows) for shape, rows in shapes.items()]
-        held_ids: set[int] = set()
+        names: dict[int, str] = {}
         for read in readers:
-            held_ids.update(read())
-        held = [c.task_id in held_ids for c in changes]
+            names.update(read())
+        held = [c.task_id in names for c in changes]
         written: list[Change] = []
         fans: list[FanIn] = []
         for c, ok in zip(changes, held, strict=True):
             if ok:
+                new = c.values.get("status")
+                if new is not None:  # the kept counts: one off the old status, one on the new
+                    old = before[c.task_id] if len(c.from_statuses) > 1 else min(c.from_statuses)
+                    if old != new:
+                        tally = self._tally()
+                        name = names[c.task_id]
+                        tally[name, old] = tally.get((name, old), 0) - 1
+                        tally[name, new] = tally.get((name, new), 0) + 1
                 written.append(self._with_children(cur, c) if c.children else c)
                 if c.fan_in is not None:
                     fans.append(c.fan_in)
@@ -560,20 +656,27 @@ class SqlStore:
 
     def _guarded_update(
         self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
-    ) -> Callable[[], Iterable[int]]:
+    ) -> Callable[[], Iterable[tuple[int, str]]]:
         """Send the guarded UPDATE of ``rows`` (:func:`guard_row` layout), all of one
-        ``shape``; return a reader of the ids whose guard held (read after every shape of the
-        run was sent, so a pipelining dialect waits once). Portable: one statement per row,
-        its guard held when it changed one row. Dialects override this with one set-based
-        statement per shape, its text rendered from :func:`guarded_update_terms`."""
+        ``shape``; return a reader of the ids whose guard held, each with its task's name (the
+        kept counts'; read after every shape of the run was sent, so a pipelining dialect
+        waits once). Portable: one statement per row, its guard held when it changed one row
+        (then, when the shape sets the status, the name is read). Dialects override this with
+        one set-based statement per shape, its text rendered from :func:`guarded_update_terms`,
+        returning ids and names."""
         n = 1 + len(shape.guards)
         sets, key, guard = guarded_update_terms(shape, lambda _: "?", "")
         sql = self._q(f"UPDATE {T} SET {sets} WHERE {key} AND {guard}")
-        held: list[int] = []
+        named = "status" in shape.columns
+        held: list[tuple[int, str]] = []
         for row in rows:
             cur.execute(sql, [*row[n:], *row[:n]])
             if cur.rowcount == 1:
-                held.append(row[0])
+                name = ""
+                if named:
+                    cur.execute(self._q(f"SELECT name FROM {T} WHERE id = ?"), (row[0],))
+                    name = str(cur.fetchone()[0])
+                held.append((row[0], name))
         return lambda: held
 
     def _on_held(self, cur: Cursor, changes: Sequence[Change]) -> None:
@@ -715,7 +818,7 @@ class SqlStore:
             )
 
     def append_event(self, change: Change) -> int | None:
-        with self._write() as cur:
+        with self._counting() as cur:
             if not self._apply_run(cur, [change._replace(events=())])[0]:
                 return None
             (event,) = change.events
@@ -820,9 +923,19 @@ class SqlStore:
 
     def delete_tasks(self, query: TaskFilter) -> int:
         where, params = self._task_where(query)
-        with self._write() as cur:
-            cur.execute(self._q(f"SELECT id FROM {T} WHERE {where}"), params)
-            ids = [int(r[0]) for r in cur.fetchall()]
+        with self._counting() as cur:
+            # locked, so the statuses taken off the kept counts are the ones deleted
+            cur.execute(
+                self._q(
+                    f"SELECT id, name, status FROM {T} WHERE {where} ORDER BY id{self.lock_rows}"
+                ),
+                params,
+            )
+            found = cur.fetchall()
+            ids = [int(r[0]) for r in found]
+            tally = self._tally()
+            for _, name, status in found:
+                tally[name, status] = tally.get((name, status), 0) - 1
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = _placeholders(len(chunk))
@@ -835,7 +948,7 @@ class SqlStore:
     def delete_expired(
         self, before: float, statuses: Sequence[str], limit: int, after_id: int = 0
     ) -> tuple[int, int, int, int | None]:
-        with self._write() as cur:
+        with self._counting() as cur:
             # roots are walked in id order from after_id, stopping at the limit: the planner
             # would rather scan and sort the whole table ("id = root_id" looks rare to it)
             self._plan_by_id(cur)
@@ -852,18 +965,23 @@ class SqlStore:
                 return 0, 0, 0, None
             cur.execute(
                 self._q(
-                    f"SELECT root_id, status, last_active_time FROM {T}"
+                    f"SELECT root_id, status, last_active_time, name FROM {T}"
                     f" WHERE root_id IN ({_placeholders(len(roots))}){self.lock_rows}"
                 ),
                 roots,
             )
             keep: set[int] = set()
             allowed = set(statuses)
-            for root_id, status, last_active in cur.fetchall():
+            found = cur.fetchall()
+            for root_id, status, last_active, _ in found:
                 if status not in allowed or last_active is None or float(last_active) >= before:
                     keep.add(int(root_id))
             gone = [r for r in roots if r not in keep]
             counts = [0, 0, 0]
+            tally = self._tally()
+            for root_id, status, _, name in found:
+                if int(root_id) not in keep:  # deleted below, with its workflow
+                    tally[name, status] = tally.get((name, status), 0) - 1
             if gone:
                 for i, table in enumerate((T, E, A)):
                     counts[i] = self._delete_by_root(cur, table, gone)
@@ -877,10 +995,11 @@ class SqlStore:
         return max(0, int(cur.rowcount))
 
     def task_counts(self) -> list[tuple[str, str, int]]:
+        # the kept counts (a few rows per name and status), not a count of the tasks table
         with self._read() as cur:
             cur.execute(
-                f"SELECT name, status, COUNT(*) FROM {T}"
-                " GROUP BY name, status ORDER BY name, status"
+                f"SELECT name, status, SUM(n) FROM {C}"
+                " GROUP BY name, status HAVING SUM(n) <> 0 ORDER BY name, status"
             )
             return [(str(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
 
@@ -907,14 +1026,20 @@ class SqlStore:
         self, since: float, bucket: float, statuses: Sequence[str]
     ) -> list[tuple[int, str, int]]:
         slot = self._floor("last_active_time / ?")
+        unknown = set(statuses) - _STATUS_NAMES
+        if unknown or not statuses:
+            raise InvalidOptionError(f"not task statuses: {sorted(unknown) or 'none'}")
+        # literal statuses: the finished rows' partial index (schema 4) is used only when the
+        # planner can see that the query's statuses are among its own
+        listed = ", ".join(f"'{s}'" for s in sorted(set(statuses)))
         with self._read() as cur:
             cur.execute(
                 self._q(
-                    f"SELECT {slot} AS slot, status, COUNT(*) FROM {T}"
-                    f" WHERE status IN ({_placeholders(len(statuses))}) AND last_active_time >= ?"
+                    f"SELECT {slot} AS slot, status, COUNT(*) FROM {T}{self._finished_index}"
+                    f" WHERE status IN ({listed}) AND last_active_time >= ?"
                     " GROUP BY slot, status ORDER BY slot, status"
                 ),
-                [bucket, *statuses, since],
+                [bucket, since],
             )
             return [(int(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
 

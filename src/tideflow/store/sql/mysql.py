@@ -62,7 +62,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["MysqlStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: the server's now as POSIX seconds (DECIMAL; compared with DOUBLE columns as DOUBLE). NOW() is
 #: fixed for the statement; our sessions' time_zone is UTC, so no DST fold can skew it.
 NOW = "UNIX_TIMESTAMP(NOW(6))"
@@ -71,6 +71,7 @@ _CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 
 _TRACE_COLUMN = "trace_context"
+_FINISHED_INDEX = "tideflow_tasks_finished"
 #: ``{options}`` is replaced by the table options (engine, charset, collation) at setup
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -188,6 +189,24 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # MySQL has no ADD COLUMN IF NOT EXISTS: setup skips it when the column is there already
     # (a migration interrupted after it), see MysqlStore._migrate
     3: (f"ALTER TABLE tideflow_tasks ADD COLUMN {_TRACE_COLUMN} TEXT",),
+    # cheap to watch: the counts of tasks per name and status, kept by every write (see
+    # SqlStore._counting) in shards, filled from the tasks there are; the tasks by status and
+    # time, for the throughput histogram (no partial indexes here). The DDL comes first (each
+    # commits by itself; setup skips the index when it is there already), the refill last,
+    # committed with the version row
+    4: (
+        """CREATE TABLE IF NOT EXISTS tideflow_task_counts (
+            name VARCHAR(255) NOT NULL,
+            status VARCHAR(32) NOT NULL,
+            shard INT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (name, status, shard)
+        ) {options}""",
+        f"CREATE INDEX {_FINISHED_INDEX} ON tideflow_tasks (status, last_active_time)",
+        "DELETE FROM tideflow_task_counts",
+        """INSERT INTO tideflow_task_counts (name, status, shard, n)
+            SELECT name, status, 0, COUNT(*) FROM tideflow_tasks GROUP BY name, status""",
+    ),
 }
 
 #: binary, NO PAD collations (so 'a' <> 'a ' and 'A' <> 'a', as on SQLite/PostgreSQL), best first
@@ -302,7 +321,7 @@ def _guarded_update_sql(shape: Shape) -> tuple[str, str]:
     keys = [("f0", "BIGINT"), *((f"f{1 + k}", _GUARD_TYPES[c]) for k, c in enumerate(shape.guards))]
     select = (
         # JSON rows first, then each task by primary key: locks exactly these rows
-        f"SELECT t.id FROM {_json_table(keys)} AS v"
+        f"SELECT t.id, t.name FROM {_json_table(keys)} AS v"
         f" STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON {key}"
         f" WHERE {guard} ORDER BY t.id FOR UPDATE"
     )
@@ -466,6 +485,7 @@ class MysqlStore(SqlStore):
     dialect = "mysql"
     parallel_exchanges = 2
     lock_rows = " FOR UPDATE"
+    count_shards = 16
     now_sql = NOW
     # with a few hundred ids in "root_id IN (...)" the optimizer prefers a full table scan to
     # the root index on tables of up to a few hundred thousand rows; 100 keeps it on the index
@@ -595,7 +615,7 @@ class MysqlStore(SqlStore):
     # --- the guarded update of a shape ---------------------------------------------------------
     def _guarded_update(
         self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
-    ) -> Callable[[], Iterable[int]]:
+    ) -> Callable[[], Iterable[tuple[int, str]]]:
         """MySQL has no ``UPDATE ... RETURNING``: one ``SELECT ... FOR UPDATE`` finds and locks
         the rows whose guard holds (their keys one JSON parameter), and one ``UPDATE ... JOIN``
         of literal rows writes those. A single row takes the portable statement instead (its
@@ -605,15 +625,22 @@ class MysqlStore(SqlStore):
         select, update = _guarded_update_sql(shape)
         n = 1 + len(shape.guards)
         cur.execute(select, (_json([row[:n] for row in rows]),))
-        ok = {int(r[0]) for r in cur.fetchall()}
+        ok = {int(r[0]): str(r[1]) for r in cur.fetchall()}
         held = [[row[0], *row[n:]] for row in rows if row[0] in ok]
         if held:
             cur.execute(update.format(_derived(_written_names(shape), held)))
-        return lambda: ok
+        return ok.items
 
     def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             cur.execute(_INSERT_EVENTS + _values(rows))
+
+    def _counts_upsert(self, rows: int) -> str:
+        values = ", ".join(["(?, ?, ?, ?)"] * rows)
+        return (
+            f"INSERT INTO tideflow_task_counts (name, status, shard, n) VALUES {values}"
+            " ON DUPLICATE KEY UPDATE n = n + VALUES(n)"
+        )
 
     def _write_attempts(
         self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
@@ -637,6 +664,10 @@ class MysqlStore(SqlStore):
         ids = sorted(int(r[0]) for r in cur.fetchall())
         if len(ids) != len(tasks):
             raise StoreError(f"inserted {len(ids)} of {len(tasks)} tasks; nothing was written")
+        tally = self._tally()
+        for task in tasks:
+            counted = (task.values["name"], task.values["status"])
+            tally[counted] = tally.get(counted, 0) + 1
         own_roots = [i for i, t in zip(ids, tasks, strict=True) if t.values.get("root_id") is None]
         if own_roots:
             cur.execute(f"UPDATE {T} SET root_id = id WHERE id IN ({_values([own_roots])[1:-1]})")
@@ -732,6 +763,8 @@ class MysqlStore(SqlStore):
         def prepare(statement: str) -> str:
             if statement == MIGRATIONS[3][0] and self._has_trace_column(cur):
                 return "SELECT 1"  # added by a run interrupted before it recorded version 3
+            if statement == MIGRATIONS[4][1] and self._has_finished_index(cur):
+                return "SELECT 1"  # the same for version 4
             return statement.replace("{options}", options)
 
         self._run_migrations(cur, MIGRATIONS, SCHEMA_VERSION, "DOUBLE", prepare=prepare)
@@ -741,6 +774,14 @@ class MysqlStore(SqlStore):
         cur.execute(
             "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
             f" AND TABLE_NAME = '{T}' AND COLUMN_NAME = '{_TRACE_COLUMN}'"
+        )
+        return int(cur.fetchone()[0]) > 0
+
+    @staticmethod
+    def _has_finished_index(cur: Any) -> bool:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()"
+            f" AND TABLE_NAME = '{T}' AND INDEX_NAME = '{_FINISHED_INDEX}'"
         )
         return int(cur.fetchone()[0]) > 0
 

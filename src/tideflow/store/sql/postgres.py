@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import select
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,7 +55,7 @@ __all__ = ["CHANGED_CHANNEL", "CHANNEL", "DONE_CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tideflow.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: NOTIFY channel announcing that a task may be due now
 CHANNEL = "tideflow_tasks"
 #: NOTIFY channel carrying the ids of tasks that reached a terminal status: ``schema:id,id,...``
@@ -190,6 +191,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # the W3C trace context of the submit (JSON of the propagation headers), when traced
     3: ("ALTER TABLE tideflow_tasks ADD COLUMN trace_context TEXT",),
+    # cheap to watch: the counts of tasks per name and status, kept by every write (see
+    # SqlStore._counting) in shards, filled from the tasks there are; the finished tasks by
+    # time, for the throughput histogram (only rows in a finished status are in it)
+    4: (
+        """CREATE TABLE tideflow_task_counts (
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            shard INTEGER NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (name, status, shard)
+        )""",
+        f"""CREATE INDEX tideflow_tasks_finished ON tideflow_tasks (last_active_time, status)
+            WHERE status IN ({_TERMINAL_SQL})""",
+        "DELETE FROM tideflow_task_counts",
+        """INSERT INTO tideflow_task_counts (name, status, shard, n)
+            SELECT name, status, 0, COUNT(*) FROM tideflow_tasks GROUP BY name, status""",
+    ),
 }
 
 _INSERT_TASK = (
@@ -285,7 +303,7 @@ def _guarded_update_sql(shape: Shape) -> str:
     sets, key, guard = guarded_update_terms(shape, lambda i: f"v.c{i}", "t.")
     return (
         f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
-        f" WHERE {key} AND COALESCE({guard}, false) RETURNING t.id"
+        f" WHERE {key} AND COALESCE({guard}, false) RETURNING t.id, t.name"
     )
 
 
@@ -381,6 +399,9 @@ class _Tx:
         self.changed = False
         #: ids of tasks this transaction moved to a terminal status (announced on commit)
         self.done: list[int] = []
+        #: the kept counts' upsert (statement, parameters), run last before the commit, so
+        #: the counts row stays locked for the shortest time
+        self.counts: tuple[str, Sequence[Any]] | None = None
 
     def _pipelined(self) -> None:
         if self._stack is None:
@@ -460,6 +481,8 @@ class _Tx:
             self.executemany(_OPEN_ATTEMPT, self.opens)
         if self.closes:
             self.execute(_CLOSE_ATTEMPTS, (_json(self.closes),))
+        if self.counts is not None:
+            self.execute(*self.counts)
         if self.notify:
             self.execute(f"NOTIFY {CHANNEL}")
         if self.done:
@@ -556,6 +579,7 @@ class PostgresStore(SqlStore):
     parallel_exchanges = 2
     lock_rows = " FOR UPDATE"
     now_sql = NOW
+    count_shards = 16
 
     def __init__(
         self,
@@ -672,6 +696,7 @@ class PostgresStore(SqlStore):
             (len(tasks),),
         )
         reserved = sorted(int(r[0]) for r in cur.fetchall())
+        tally = self._tally()
         ids: list[int] = []
         rows: list[list[Any]] = []
         events: list[tuple[Any, ...]] = []
@@ -692,6 +717,8 @@ class PostgresStore(SqlStore):
             else:
                 rows.append(params)
             ids.append(task_id)
+            counted = (values["name"], values["status"])
+            tally[counted] = tally.get(counted, 0) + 1
             parent_id = values.get("parent_id")
             events += [self._event_params(task_id, root_id, parent_id, e) for e in task.events]
             if _waits(values):
@@ -724,16 +751,17 @@ class PostgresStore(SqlStore):
     # --- the guarded update of a shape, and wake-ups -----------------------------------------
     def _guarded_update(
         self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
-    ) -> Callable[[], Iterable[int]]:
-        """One ``UPDATE ... FROM`` (the rows as one JSON parameter) ``RETURNING`` the ids that
-        held, on a pipelined cursor of its own: every shape of a run costs one round trip."""
+    ) -> Callable[[], Iterable[tuple[int, str]]]:
+        """One ``UPDATE ... FROM`` (the rows as one JSON parameter) ``RETURNING`` the ids (and
+        names) that held, on a pipelined cursor of its own: every shape of a run costs one
+        round trip."""
         assert isinstance(cur, _Tx)
         update = cur.new_cursor()
         update.execute(_guarded_update_sql(shape), (_json(rows),))
 
-        def read() -> list[int]:
+        def read() -> list[tuple[int, str]]:
             cur.sync()
-            ids = [int(r[0]) for r in update.fetchall()]
+            ids = [(int(r[0]), r[1]) for r in update.fetchall()]
             update.close()
             return ids
 
@@ -754,6 +782,16 @@ class PostgresStore(SqlStore):
     def _insert_event_rows(self, cur: Cursor, rows: Sequence[Sequence[Any]]) -> None:
         assert isinstance(cur, _Tx)
         cur.events += rows
+
+    def _write_counts(self, cur: Cursor, rows: Sequence[tuple[str, str, int]]) -> None:
+        """The counts' upsert waits in the transaction until :meth:`_Tx.finish`, after the
+        audit rows: it is the last statement before the commit."""
+        assert isinstance(cur, _Tx)
+        shard = random.randrange(self.count_shards)
+        cur.counts = (
+            self._q(self._counts_upsert(len(rows))),
+            [v for name, status, n in rows for v in (name, status, shard, n)],
+        )
 
     def _write_attempts(
         self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]

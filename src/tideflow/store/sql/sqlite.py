@@ -36,7 +36,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -151,6 +151,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # the W3C trace context of the submit (JSON of the propagation headers), when traced
     3: ("ALTER TABLE tideflow_tasks ADD COLUMN trace_context TEXT",),
+    # cheap to watch: the counts of tasks per name and status, kept by every write (see
+    # SqlStore._counting), filled from the tasks there are; the finished tasks by time, for
+    # the throughput histogram (only rows in a finished status are in it)
+    4: (
+        """CREATE TABLE tideflow_task_counts (
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            shard INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (name, status, shard)
+        ) WITHOUT ROWID""",
+        """CREATE INDEX tideflow_tasks_finished ON tideflow_tasks (last_active_time, status)
+            WHERE status IN ('completed', 'permanently_failed')""",
+        "DELETE FROM tideflow_task_counts",
+        """INSERT INTO tideflow_task_counts (name, status, shard, n)
+            SELECT name, status, 0, COUNT(*) FROM tideflow_tasks GROUP BY name, status""",
+    ),
 }
 
 
@@ -186,7 +203,8 @@ def _guarded_update_sql(shape: Shape, size: int) -> str:
     sets, key, guard = guarded_update_terms(shape, lambda i: f"v.column{i + 1}", f"{T}.")
     rows = ", ".join(["(" + ", ".join("?" * width) + ")"] * size)
     return (
-        f"UPDATE {T} SET {sets} FROM (VALUES {rows}) AS v WHERE {key} AND {guard} RETURNING {T}.id"
+        f"UPDATE {T} SET {sets} FROM (VALUES {rows}) AS v WHERE {key} AND {guard}"
+        f" RETURNING {T}.id, {T}.name"
     )
 
 
@@ -269,14 +287,14 @@ class SqliteStore(SqlStore):
 
     def _guarded_update(
         self, cur: Cursor, shape: Shape, rows: Sequence[Sequence[Any]]
-    ) -> Callable[[], Iterable[int]]:
+    ) -> Callable[[], Iterable[tuple[int, str]]]:
         """Where SQLite has ``UPDATE ... FROM`` and ``RETURNING`` (3.35+): one statement per
-        :data:`_CHUNK` rows, the rows bound as a ``VALUES`` list, returning the ids that
-        held; older SQLite gets the portable statement per row."""
+        :data:`_CHUNK` rows, the rows bound as a ``VALUES`` list, returning the ids (and
+        names) that held; older SQLite gets the portable statement per row."""
         if sqlite3.sqlite_version_info < (3, 35):
             return super()._guarded_update(cur, shape, rows)
         width = len(rows[0])
-        held: list[int] = []
+        held: list[tuple[int, str]] = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             # padded to a power of two with rows that match nothing (NULL ids), so a few
@@ -285,7 +303,7 @@ class SqliteStore(SqlStore):
             params = [v for row in chunk for v in row]
             params += [None] * (width * (size - len(chunk)))
             cur.execute(_guarded_update_sql(shape, size), params)
-            held += [r[0] for r in cur.fetchall()]
+            held += [(r[0], r[1]) for r in cur.fetchall()]
         return lambda: held
 
     def _floor(self, expression: str) -> str:
