@@ -235,7 +235,8 @@ class SqlStore:
     #: SQL for the database's now as POSIX float seconds, evaluated inside the statements that
     #: judge liveness and eligibility (each dialect sets it)
     now_sql = ""
-    #: how finished_histogram names the index of finished rows (SQLite: INDEXED BY)
+    #: how finished_histogram names the index of finished rows when it asks for every
+    #: finished status (SQLite: INDEXED BY; its planner prefers the status index otherwise)
     _finished_index = ""
     #: rows per (name, status) of the kept counts, one chosen at random by each transaction:
     #: concurrent transactions rarely wait on the same row (SQLite has one writer: 1)
@@ -1032,10 +1033,11 @@ class SqlStore:
         # literal statuses: the finished rows' partial index (schema 4) is used only when the
         # planner can see that the query's statuses are among its own
         listed = ", ".join(f"'{s}'" for s in sorted(set(statuses)))
+        index = self._finished_index if set(statuses) == TERMINAL_STATUSES else ""
         with self._read() as cur:
             cur.execute(
                 self._q(
-                    f"SELECT {slot} AS slot, status, COUNT(*) FROM {T}{self._finished_index}"
+                    f"SELECT {slot} AS slot, status, COUNT(*) FROM {T}{index}"
                     f" WHERE status IN ({listed}) AND last_active_time >= ?"
                     " GROUP BY slot, status ORDER BY slot, status"
                 ),

@@ -213,6 +213,7 @@ class SqliteStore(SqlStore):
 
     dialect = "sqlite"
     now_sql = "(SELECT tideflow_now())"
+    _finished_index = " INDEXED BY tideflow_tasks_finished"
 
     def __init__(self, path: str, *, busy_timeout: float = 30.0, synchronous: str = "FULL"):
         super().__init__()
