@@ -21,7 +21,9 @@ an uncaught script error fails the test.
 Chromium comes from the system (``apt-get install chromium``; ``$TIDEFLOW_TEST_CHROMIUM``
 names another binary): Playwright cannot download its browsers here. Without it (or without
 Playwright) the tests skip with the reason, except under ``CI=true``, where they fail.
-``TIDEFLOW_SCREENSHOTS=1`` makes the screenshot tests write ``docs/images/*.png``.
+``TIDEFLOW_SCREENSHOTS=1`` makes the screenshot tests (the overview's and the workflow
+timeline's, which come first in the file, before other tests add tasks) write
+``docs/images/*.png``.
 """
 
 from __future__ import annotations
@@ -199,6 +201,18 @@ def site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
         gate.get(timeout=60)
         return {"rows": 5000}
 
+    def sync_batch(task: Any) -> Any:
+        """A workflow whose parts each finish when the test puts a token in their gate."""
+        if task.stage == 0:
+            parts = task.payload["parts"]
+            return task.next([{"name": "sync.part", "payload": task.payload}] * parts)
+        return {"parts": len(task.result or [])}
+
+    def sync_part(task: Any) -> Any:
+        task.progress("waiting for the test", progress_percent=50)
+        gates[task.payload["gate"]].get(timeout=60)
+        return {"synced": True}
+
     def resize(task: Any) -> Any:
         task.progress("resized", progress_percent=100)
         return {"thumbnail": task.payload["path"] + ".thumb.png"}
@@ -212,6 +226,8 @@ def site(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
         "reports.monthly": _report,
         "reports.fetch": _fetch,
         "reports.render": _render,
+        "sync.batch": sync_batch,
+        "sync.part": sync_part,
     }
     db = f"sqlite:{tmp_path_factory.mktemp('site') / 'site.db'}"
     with managers(db, handlers) as (worker, tm):

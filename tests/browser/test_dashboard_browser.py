@@ -79,6 +79,83 @@ def test_sign_in_with_the_token_and_a_wrong_token_is_refused(browse: Browsing, s
     expect(page).to_have_url(re.compile(r"/login\?next="))
 
 
+# --- the overview, its own script and styles ------------------------------------------------------
+def test_overview_runs_its_own_script_and_styles(
+    browse: Browsing, guard: Guard, site: Site, screenshot: Callable[[Any, str], Path | None]
+) -> None:
+    page = browse.open(site, "/")
+    wait_live(page)
+    completed = site.tm.query_tasks(status="completed", limit=1).total
+    expect(page.locator("#count-completed")).to_have_text(str(completed))
+    # the stylesheet applied (the CSP lets the app's own file in) ...
+    header = page.locator("header").evaluate("h => getComputedStyle(h).backgroundColor")
+    assert header == "rgb(18, 49, 79)"
+    # ... and the script: times in the browser's zone, UTC in the tooltip
+    page.goto(site.url + f"/tasks/{site.ids['report']}")
+    created = page.locator("#task-facts time").first
+    expect(created).to_have_attribute("data-local", "1")
+    expect(created).to_have_attribute("title", re.compile(r"UTC \(shown in your time zone\)$"))
+    assert not created.inner_text().endswith("UTC")
+    page.goto(site.url + "/")
+    wait_live(page)
+    expect(page.locator("#overview-names")).to_contain_text("reports.monthly")
+    screenshot(page, "dashboard-overview")
+    guard.check()  # no CSP violation: the app's own script and styles are files it allows
+
+
+def test_dark_mode_follows_the_system(browse: Browsing, site: Site) -> None:
+    colours = "b => [getComputedStyle(b).backgroundColor, getComputedStyle(b).color]"
+    light = browse.open(site, "/").locator("body").evaluate(colours)
+    dark = browse.open(site, "/", color_scheme="dark").locator("body").evaluate(colours)
+    assert light == ["rgb(246, 247, 249)", "rgb(29, 36, 48)"]
+    assert dark == ["rgb(20, 24, 30)", "rgb(223, 227, 234)"]
+
+
+# --- the workflow timeline ------------------------------------------------------------------------
+def test_the_workflow_timeline(
+    browse: Browsing, site: Site, screenshot: Callable[[Any, str], Path | None]
+) -> None:
+    root = site.ids["report"]
+    tasks = site.tm.query_tasks(workflow_root_id=root, limit=100).items
+    children = [t for t in tasks if t.id != root]
+    assert len(children) == 4  # three fetches, then a render
+    page = browse.open(site, f"/workflows/{root}")
+    timeline = page.locator("#workflow-timeline")
+    expect(timeline.locator(".tl-row[data-task-id]")).to_have_count(len(tasks))
+    # every task has a bar: its attempts drawn on the time axis, with a width
+    for t in tasks:
+        row = page.locator(f"#tl-{t.id}")
+        expect(row).to_be_visible()
+        widths = row.locator("rect.a").evaluate_all(
+            "rs => rs.map(r => r.getBoundingClientRect().width)"
+        )
+        assert widths, f"task {t.id} has no attempt bar"
+        assert max(widths) > 0
+        expect(row).to_have_attribute("data-parent", "" if t.id == root else str(t.parent_id))
+    # the fetch that failed once: a failed attempt, a wait, then one that completed
+    (us,) = [t for t in children if t.payload == {"region": "us", "work": 0.9}]
+    us_row = page.locator(f"#tl-{us.id}")
+    expect(us_row.locator("rect.a.o-failed")).to_have_count(1)
+    expect(us_row.locator("rect.a.o-completed")).to_have_count(1)
+    expect(us_row.locator("rect.w")).not_to_have_count(0)
+    expect(page.locator(f"#tl-{root}")).to_have_class(re.compile(r"\bcritical\b"))
+    expect(page.locator("#critical-path")).to_contain_text("reports.monthly")
+    # the axis shows local times (the script ran)
+    expect(page.locator(".tl-axis time[data-local]").first).to_be_attached()
+    wait_live(page)
+    screenshot(page, "dashboard-workflow-timeline")
+
+    # folding the root hides its subtree; unfolding shows it again
+    fold = page.locator(f"[data-testid=fold-{root}]")
+    fold.click()
+    for t in children:
+        expect(page.locator(f"#tl-{t.id}")).to_be_hidden()
+    expect(fold).to_have_attribute("aria-expanded", "false")
+    fold.click()
+    for t in children:
+        expect(page.locator(f"#tl-{t.id}")).to_be_visible()
+
+
 # --- the task page's actions ----------------------------------------------------------------------
 def _pending(site: Site) -> int:
     task_id: int = site.tm.submit(HOLD, {"invoice": "INV-77"})
@@ -221,81 +298,42 @@ def test_live_progress_of_a_running_task_without_a_reload(browse: Browsing, site
     expect(reason).to_have_value("half a rea")
 
 
-# --- the workflow timeline ------------------------------------------------------------------------
-def test_the_workflow_timeline(
-    browse: Browsing, site: Site, screenshot: Callable[[Any, str], Path | None]
-) -> None:
-    root = site.ids["report"]
-    tasks = site.tm.query_tasks(workflow_root_id=root, limit=100).items
-    children = [t for t in tasks if t.id != root]
-    assert len(children) == 4  # three fetches, then a render
+def test_live_workflow_timeline_keeps_its_folds(browse: Browsing, site: Site) -> None:
+    gate: queue.Queue[str] = queue.Queue()
+    site.gates["workflow"] = gate
+    root = site.worker.submit("sync.batch", {"gate": "workflow", "parts": 2})
+
+    def both_parts_run() -> list[Any] | None:
+        found = site.tm.query_tasks(workflow_root_id=root, status="running")
+        return found.items if found.total == 2 else None
+
+    parts = [t.id for t in wait_for(both_parts_run, message="the workflow's parts did not start")]
     page = browse.open(site, f"/workflows/{root}")
-    timeline = page.locator("#workflow-timeline")
-    expect(timeline.locator(".tl-row[data-task-id]")).to_have_count(len(tasks))
-    # every task has a bar: its attempts drawn on the time axis, with a width
-    for t in tasks:
-        row = page.locator(f"#tl-{t.id}")
-        expect(row).to_be_visible()
-        widths = row.locator("rect.a").evaluate_all(
-            "rs => rs.map(r => r.getBoundingClientRect().width)"
+    wait_live(page)
+    for part in parts:
+        expect(page.locator(f"#tl-{part} [data-status]")).to_have_attribute(
+            "data-status", "running"
         )
-        assert widths, f"task {t.id} has no attempt bar"
-        assert max(widths) > 0
-        expect(row).to_have_attribute("data-parent", "" if t.id == root else str(t.parent_id))
-    # the fetch that failed once: a failed attempt, a wait, then one that completed
-    (us,) = [t for t in children if t.payload == {"region": "us", "work": 0.9}]
-    us_row = page.locator(f"#tl-{us.id}")
-    expect(us_row.locator("rect.a.o-failed")).to_have_count(1)
-    expect(us_row.locator("rect.a.o-completed")).to_have_count(1)
-    expect(us_row.locator("rect.w")).not_to_have_count(0)
-    expect(page.locator(f"#tl-{root}")).to_have_class(re.compile(r"\bcritical\b"))
-    expect(page.locator("#critical-path")).to_contain_text("reports.monthly")
-    # the axis shows local times (the script ran)
-    expect(page.locator(".tl-axis time[data-local]").first).to_be_attached()
-    wait_live(page)
-    screenshot(page, "dashboard-workflow-timeline")
+    page.evaluate("window.__marker = 'the same document'")
+    page.locator(f"[data-testid=fold-{root}]").click()  # fold the parts away
+    for part in parts:
+        expect(page.locator(f"#tl-{part}")).to_be_hidden()
 
-    # folding the root hides its subtree; unfolding shows it again
-    fold = page.locator(f"[data-testid=fold-{root}]")
-    fold.click()
-    for t in children:
-        expect(page.locator(f"#tl-{t.id}")).to_be_hidden()
-    expect(fold).to_have_attribute("aria-expanded", "false")
-    fold.click()
-    for t in children:
-        expect(page.locator(f"#tl-{t.id}")).to_be_visible()
-
-
-# --- the overview, its own script and styles ------------------------------------------------------
-def test_overview_runs_its_own_script_and_styles(
-    browse: Browsing, guard: Guard, site: Site, screenshot: Callable[[Any, str], Path | None]
-) -> None:
-    page = browse.open(site, "/")
-    wait_live(page)
-    completed = site.tm.query_tasks(status="completed", limit=1).total
-    expect(page.locator("#count-completed")).to_have_text(str(completed))
-    # the stylesheet applied (the CSP lets the app's own file in) ...
-    header = page.locator("header").evaluate("h => getComputedStyle(h).backgroundColor")
-    assert header == "rgb(18, 49, 79)"
-    # ... and the script: times in the browser's zone, UTC in the tooltip
-    page.goto(site.url + f"/tasks/{site.ids['report']}")
-    created = page.locator("#task-facts time").first
-    expect(created).to_have_attribute("data-local", "1")
-    expect(created).to_have_attribute("title", re.compile(r"UTC \(shown in your time zone\)$"))
-    assert not created.inner_text().endswith("UTC")
-    page.goto(site.url + "/")
-    wait_live(page)
-    expect(page.locator("#overview-names")).to_contain_text("reports.monthly")
-    screenshot(page, "dashboard-overview")
-    guard.check()  # no CSP violation: the app's own script and styles are files it allows
-
-
-def test_dark_mode_follows_the_system(browse: Browsing, site: Site) -> None:
-    colours = "b => [getComputedStyle(b).backgroundColor, getComputedStyle(b).color]"
-    light = browse.open(site, "/").locator("body").evaluate(colours)
-    dark = browse.open(site, "/", color_scheme="dark").locator("body").evaluate(colours)
-    assert light == ["rgb(246, 247, 249)", "rgb(29, 36, 48)"]
-    assert dark == ["rgb(20, 24, 30)", "rgb(223, 227, 234)"]
+    for _ in parts:
+        gate.put("go")
+    # the workflow finishes on the open page: the timeline is swapped in, the fold kept
+    expect(page.locator("#workflow-status [data-status]")).to_have_attribute(
+        "data-status", "completed"
+    )
+    for part in parts:
+        expect(page.locator(f"#tl-{part}")).to_be_hidden()
+    assert page.evaluate("window.__marker") == "the same document"
+    page.locator(f"[data-testid=fold-{root}]").click()
+    for part in parts:
+        row = page.locator(f"#tl-{part}")
+        expect(row).to_be_visible()
+        expect(row.locator("[data-status]")).to_have_attribute("data-status", "completed")
+        expect(row.locator("rect.a.o-completed")).to_have_count(1)
 
 
 # --- the 400 px layout ----------------------------------------------------------------------------
