@@ -2,8 +2,9 @@
 events.
 
 The feed reads :meth:`TaskManager.get_change_mark` (a few lookups at the ends of primary keys)
-once per ``interval`` seconds for all readers together, and at once when the database pushes a
-wake-up (PostgreSQL: LISTEN on the channels the store NOTIFYs, through
+once per ``interval`` seconds for all readers together, and at once (but at most once per
+``min_gap`` seconds) when the database pushes a wake-up (PostgreSQL: LISTEN on the channels
+the store NOTIFYs, through
 :meth:`TaskManager.watch_changes`; there the poll is only a safety net, every
 ``pushed_interval`` seconds). So twenty open pages cost one mark read per interval, not twenty.
 
