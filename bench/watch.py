@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,9 @@ def fresh(kind: str, tmp: Path, name: str) -> tuple[str, str]:
     if kind == "sqlite":
         path = str(common.fresh_sqlite_file(tmp, name))
         return f"sqlite:{path}", path
-    url = common.fresh_pg_database(name) if kind == "postgres" else common.fresh_mysql_database(name)
+    url = (
+        common.fresh_pg_database(name) if kind == "postgres" else common.fresh_mysql_database(name)
+    )
     return url, url
 
 
@@ -279,7 +282,7 @@ def timed(fn: Any, times: int) -> list[float]:
 
 
 def ms(values: list[float]) -> str:
-    return f"{statistics.median(values) * 1e3:7.1f} ms (p90 {percentile(values, 90) * 1e3:6.1f})"
+    return f"{statistics.median(values) * 1e3:7.2f} ms (p90 {percentile(values, 90) * 1e3:7.2f})"
 
 
 def latency(kind: str, rows: int, small: int, requests: int, tmp: Path) -> None:
@@ -299,7 +302,7 @@ def latency(kind: str, rows: int, small: int, requests: int, tmp: Path) -> None:
                 "/ (overview)": [dash.get("/", conn)[1] for _ in range(requests)],
                 "SSE tick (change mark)": timed(tm.get_change_mark, requests),
                 "  get_task_stats": timed(tm.get_task_stats, requests),
-                "  get_throughput(1h)": timed(lambda: tm.get_throughput(3600, 60), requests),
+                "  get_throughput(1h)": timed(partial(tm.get_throughput, 3600, 60), requests),
                 "  get_unserved_tasks": timed(tm.get_unserved_tasks, requests),
             }
             conn.close()
@@ -408,17 +411,19 @@ def one_drain(kind: str, n: int, readers: int, tmp: Path) -> tuple[float, float,
     tm.close()
     dash = Dashboard(url)
     crowd = Readers(dash, readers) if readers else None
+    if crowd is not None:
+        time.sleep(2)  # every reader has its stream open and has fetched a page
     proc = Proc(["tideflow_worker.py", url, "--concurrency", "200"])
     try:
-        if crowd is not None:
-            time.sleep(2)  # every reader has its stream open and has fetched a page
         proc.wait_ready()
         w0, d0, t0 = cpu_seconds(proc.pid), dash.cpu(), time.perf_counter()
+        r0 = sum(os.times()[:2])
         while counter.count() < n:
             if not proc.alive():
                 raise RuntimeError("worker exited early")
             time.sleep(0.02)
         w1, d1, t1 = cpu_seconds(proc.pid), dash.cpu(), time.perf_counter()
+        r1 = sum(os.times()[:2])
     finally:
         notes = ""
         if crowd is not None:
@@ -434,6 +439,7 @@ def one_drain(kind: str, n: int, readers: int, tmp: Path) -> tuple[float, float,
         counter.close()
         dash.stop()
         drop(kind, name)
+    notes += f"; readers' and counter's own CPU {(r1 - r0) / n * 1e6:.0f} µs/task"
     return n / (t1 - t0), (w1 - w0) / n * 1e6, (d1 - d0) / n * 1e6, notes
 
 
@@ -457,7 +463,12 @@ def drains(kind: str, n: int, readers: int, runs: int, tmp: Path) -> None:
         )
     a = statistics.median(r[0] for r in alone)
     c = statistics.median(r[0] for r in crowded)
-    print(f"{kind:9} readers slow the drain by {(1 - c / a) * 100:+.1f}% (median of {runs})")
+    pairs = statistics.median(1 - x[0] / y[0] for x, y in zip(crowded, alone, strict=True))
+    print(
+        f"{kind:9} readers slow the drain by {(1 - c / a) * 100:+.1f}% (medians of {runs} runs;"
+        f" median of the {runs} back-to-back pairs: {pairs * 100:+.1f}%)",
+        flush=True,
+    )
 
 
 def main() -> None:
