@@ -141,7 +141,9 @@ class Store(Protocol):
         """Counts per (tag, name, status) for one tag."""
 
     def task_counts(self) -> list[tuple[str, str, int]]:
-        """``(name, status, count)`` for every name and status with tasks."""
+        """``(name, status, count)`` for every name and status with tasks, in that order.
+        Called per dashboard page and ``/metrics`` scrape: it must not cost more with more
+        tasks (the SQL stores keep the counts as they write, see ``SqlStore._counting``)."""
 
     def waiting_counts(self) -> list[tuple[str, str | None, int]]:
         """``(name, requires, count)`` of the tasks waiting to be claimed (pending, failed,
@@ -152,7 +154,7 @@ class Store(Protocol):
     ) -> list[tuple[int, str, int]]:
         """Tasks now in ``statuses`` last active at or after ``since``, counted per ``bucket``
         seconds: ``(bucket number, status, count)`` where the bucket starts at number x
-        ``bucket``."""
+        ``bucket``. Reads the tasks finished since ``since``, not every finished task."""
 
     def descendants(self, task_id: int) -> list[TaskRow]:
         """Every task below ``task_id`` in its workflow tree."""
