@@ -415,8 +415,11 @@ class SqlStore:
 
     def _statuses_before(self, cur: Cursor, changes: Sequence[Change]) -> dict[int, str]:
         """The current statuses of the tasks of status changes that may start from several
-        (a cancel, a pause), read and locked before the guarded write: the old status the kept
-        counts take one off. A change from one status started from that one when it held."""
+        statuses, read and locked before the guarded write: the old status the kept counts
+        take one off. A change from one status started from that one when it held (the core
+        plans outcomes from ``running``, an operator's action from the status it read, and
+        ``_claim_in`` narrows a claim to its candidate's), so this reads nothing on the hot
+        path."""
         ids = sorted(
             {c.task_id for c in changes if len(c.from_statuses) > 1 and "status" in c.values}
         )
