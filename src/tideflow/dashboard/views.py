@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tideflow.core.types import TASK_SORTS
 from tideflow.dashboard.security import parse_text
 from tideflow.errors import InvalidOptionError
 from tideflow.models import TaskAttempt, TaskInfo, WorkerInfo
@@ -40,19 +41,7 @@ __all__ = [
 ]
 
 #: columns the task list sorts by (the ``sort`` parameter; ``query_tasks(sort=...)``)
-SORTS = (
-    "id",
-    "name",
-    "status",
-    "priority",
-    "tag",
-    "worker",
-    "created",
-    "started",
-    "finished",
-    "progress",
-    "duration",
-)
+SORTS = TASK_SORTS
 #: the searches of the task list: URL parameter -> ``query_tasks`` keyword
 _TEXT_SEARCHES = {"q_name": "name_prefix", "q_tag": "tag_contains", "q_worker": "worker_contains"}
 #: time ranges: URL parameter -> ``query_tasks`` keyword

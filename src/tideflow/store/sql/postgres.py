@@ -800,22 +800,9 @@ class PostgresStore(SqlStore):
         cur.opens += opens
         cur.closes += closes
 
-    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+    def _listen(self, channels: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` on every notification on ``channels``; return the unsubscribe."""
         self._get_pool()
-        listener = _Listener(self._conninfo, self.safe_url, CHANNEL, lambda _payload: wake())
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            listener.stop()
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
-        self._get_pool()
-        channels = f"{CHANNEL},{DONE_CHANNEL},{CHANGED_CHANNEL}"
         listener = _Listener(self._conninfo, self.safe_url, channels, lambda _payload: wake())
         with self._lock:
             self._listeners.append(listener)
@@ -826,6 +813,12 @@ class PostgresStore(SqlStore):
                 self._listeners.remove(listener)
 
         return unsubscribe
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        return self._listen(CHANNEL, wake)
+
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        return self._listen(f"{CHANNEL},{DONE_CHANNEL},{CHANGED_CHANNEL}", wake)
 
     def watch_finished(
         self, on_finished: Callable[[Sequence[int] | None], None]
