@@ -342,6 +342,35 @@ def test_db_sql_refuses_both_sources(db: str, capsys: pytest.CaptureFixture[str]
     assert "not both" in err
 
 
+def test_db_recount_prints_what_it_corrected(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tm = TaskManager(db, allow_unregistered=True)
+    try:
+        tm.submit_many([("x", None)] * 3)
+    finally:
+        tm.close()
+    code, out, err = run(capsys, "db", "recount", "--db", db)
+    assert (code, out) == (0, "the kept counts agree with the tasks table\n"), err
+    conn = sqlite3.connect(tmp_path / "tasks.db")
+    with conn:  # a writer that does not keep the counts
+        conn.execute("DELETE FROM tideflow_tasks WHERE id = (SELECT MIN(id) FROM tideflow_tasks)")
+    conn.close()
+
+    code, out, err = run(capsys, "db", "recount", "--db", db)
+
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "KEPT", "COUNTED"]
+    assert lines[1].split() == ["x", "pending", "3", "2"]
+    assert lines[-1] == "corrected 1 count(s)"
+    tm = TaskManager(db)
+    try:
+        assert tm.get_task_stats() == [{"name": "x", "status": "pending", "count": 2}]
+    finally:
+        tm.close()
+
+
 # --- shell completion --------------------------------------------------------------------------
 def _bash_complete(script: str, *words: str) -> list[str]:
     line = " ".join(words)

@@ -164,3 +164,66 @@ def test_a_change_that_loses_its_guard_counts_nothing(make_manager: Any) -> None
             action(task_id)
     assert_exact(tm)
     assert kept(tm) == [("ok", "completed", 1)]
+
+
+# --- tideflow db recount -----------------------------------------------------------------------
+def drift(tm: Any) -> None:
+    """Make the kept counts wrong the way a writer that does not keep them would: tasks
+    inserted and a status changed behind the counts' back."""
+    with tm._store._write() as cur:
+        cur.execute(
+            tm._store._q(
+                "UPDATE tideflow_tasks SET status = 'paused'"
+                " WHERE id = (SELECT MIN(id) FROM tideflow_tasks WHERE name = ?)"
+            )
+            if tm._store.dialect != "mysql"
+            else tm._store._q(
+                "UPDATE tideflow_tasks SET status = 'paused' WHERE name = ? ORDER BY id LIMIT 1"
+            ),
+            ("ok",),
+        )
+        cur.execute(
+            tm._store._q("UPDATE tideflow_task_counts SET n = n + 7 WHERE name = ?"), ("ok",)
+        )
+
+
+def test_recount_puts_drifted_counts_right(make_manager: Any) -> None:
+    tm = make_manager(allow_unregistered=True)
+    tm.setup()
+    for _ in range(5):
+        tm.submit("ok")
+    tm.submit("other")
+    assert tm._store.recount_tasks() == []  # nothing to correct
+    drift(tm)
+    assert kept(tm) != counted(tm)
+
+    fixed = tm._store.recount_tasks()
+
+    assert fixed == [("ok", "paused", 0, 1), ("ok", "pending", 12, 4)]
+    assert_exact(tm)
+    assert kept(tm) == [("ok", "paused", 1), ("ok", "pending", 4), ("other", "pending", 1)]
+    assert tm._store.recount_tasks() == []
+
+
+def test_recount_beside_working_workers_stays_exact(make_manager: Any, db_url: str) -> None:
+    """Recounts while workers finish tasks: each task change is either in a recount's count or
+    added to the counts after it, never both and never neither."""
+    options = {"max_concurrent_tasks": 20}
+    managers = [make_manager(**options)]
+    if db_url != "sqlite::memory:":
+        managers.append(make_manager(db=db_url, **options))
+    for m in managers:
+        m.use("ok", lambda task: "ok")
+    tm = managers[0]
+    tm.setup()
+    tm.submit_many([("ok", None)] * 3000)
+    for m in managers:
+        m.start()
+    recounts = 0
+    while tm.query_tasks(status="pending", limit=0).total > 0 or recounts < 3:
+        tm._store.recount_tasks()
+        recounts += 1
+    wait_for(lambda: tm.query_tasks(status="completed", limit=0).total == 3000)
+    for m in managers:
+        m.stop(timeout=10)
+    assert_exact(tm)

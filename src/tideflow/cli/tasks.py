@@ -1,4 +1,4 @@
-"""``tideflow db migrate|sql``, ``tideflow tasks ...``, ``stats`` and ``retention``."""
+"""``tideflow db migrate|sql|recount``, ``tideflow tasks ...``, ``stats`` and ``retention``."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def add_commands(sub: Any) -> None:
         help="with --dialect: the schema version the database has now (default 0, empty)",
     )
     sql.set_defaults(func=cmd_sql)
+    recount = db_sub.add_parser(
+        "recount",
+        help="count the tasks afresh into the kept counts (the dashboard's and /metrics')",
+        description="Count the tasks table per name and status in one transaction and replace"
+        " the kept counts with the result; prints where they differed. Counts drift only when"
+        " tasks were changed by something that does not keep them (a worker older than schema"
+        " 4, hand-written SQL). Safe with workers running: their writes wait for it.",
+    )
+    add_db_option(recount)
+    recount.set_defaults(func=cmd_recount)
     db.set_defaults(func=_help(db))
 
     tasks = sub.add_parser("tasks", help="list, inspect and control tasks")
@@ -217,6 +227,23 @@ def cmd_sql(args: argparse.Namespace) -> int:
         finally:
             tm.close()
     sys.stdout.write(sql_script.render(dialect, current, where))
+    return 0
+
+
+def cmd_recount(args: argparse.Namespace) -> int:
+    """``tideflow db recount``: rebuild the kept task counts from the tasks table."""
+    tm = open_manager(resolve_db(args))
+    try:
+        fixed = tm._store.recount_tasks()
+    finally:
+        tm.close()
+    out = sys.stdout
+    if not fixed:
+        out.write("the kept counts agree with the tasks table\n")
+        return 0
+    rows = [[name, status, str(kept), str(counted)] for name, status, kept, counted in fixed]
+    print_table(out, ["NAME", "STATUS", "KEPT", "COUNTED"], rows)
+    out.write(f"corrected {len(fixed)} count(s)\n")
     return 0
 
 

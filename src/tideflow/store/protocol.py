@@ -145,6 +145,10 @@ class Store(Protocol):
         Called per dashboard page and ``/metrics`` scrape: it must not cost more with more
         tasks (the SQL stores keep the counts as they write, see ``SqlStore._counting``)."""
 
+    def recount_tasks(self) -> list[tuple[str, str, int, int]]:
+        """Count the tasks table afresh into the kept counts, in one transaction; return
+        ``(name, status, kept, counted)`` for each name and status where they differed."""
+
     def waiting_counts(self) -> list[tuple[str, str | None, int]]:
         """``(name, requires, count)`` of the tasks waiting to be claimed (pending, failed,
         timeout), ``requires`` as stored (comma-separated, or None)."""

@@ -241,6 +241,10 @@ class SqlStore:
     #: rows per (name, status) of the kept counts, one chosen at random by each transaction:
     #: concurrent transactions rarely wait on the same row (SQLite has one writer: 1)
     count_shards = 1
+    #: run first by :meth:`recount_tasks`: keep writers from adding to the counts until it
+    #: commits, so each task change is either in its count or added after it, never both
+    #: (SQLite: nothing, its write transaction already excludes them)
+    lock_counts: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         #: the tally of the counting transaction running on this thread (:meth:`_counting`)
@@ -1006,6 +1010,31 @@ class SqlStore:
                 " GROUP BY name, status HAVING SUM(n) <> 0 ORDER BY name, status"
             )
             return [(str(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
+
+    def recount_tasks(self) -> list[tuple[str, str, int, int]]:
+        with self._write() as cur:
+            for statement in self.lock_counts:
+                cur.execute(statement)
+            cur.execute(f"SELECT name, status, SUM(n) FROM {C} GROUP BY name, status")
+            kept = {(str(r[0]), str(r[1])): int(r[2]) for r in cur.fetchall()}
+            cur.execute(f"SELECT name, status, COUNT(*) FROM {T} GROUP BY name, status")
+            counted = {(str(r[0]), str(r[1])): int(r[2]) for r in cur.fetchall()}
+            cur.execute(f"DELETE FROM {C}")
+            rows = sorted(counted.items())
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                cur.execute(
+                    self._q(
+                        f"INSERT INTO {C} (name, status, shard, n) VALUES"
+                        f" {', '.join(['(?, ?, 0, ?)'] * len(chunk))}"
+                    ),
+                    [v for (name, status), n in chunk for v in (name, status, n)],
+                )
+        return [
+            (name, status, kept.get((name, status), 0), counted.get((name, status), 0))
+            for name, status in sorted(kept.keys() | counted.keys())
+            if kept.get((name, status), 0) != counted.get((name, status), 0)
+        ]
 
     def next_due(self) -> float | None:
         with self._read() as cur:

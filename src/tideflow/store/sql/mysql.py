@@ -485,6 +485,13 @@ class MysqlStore(SqlStore):
     dialect = "mysql"
     parallel_exchanges = 2
     lock_rows = " FOR UPDATE"
+    # REPEATABLE READ for this one transaction: its locking read takes every row and gap of
+    # the counts (no writer adds to them until it commits), and the count's snapshot is taken
+    # after that, at its first plain read
+    lock_counts = (
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT COUNT(*) FROM tideflow_task_counts FOR UPDATE",
+    )
     count_shards = 16
     now_sql = NOW
     # with a few hundred ids in "root_id IN (...)" the optimizer prefers a full table scan to

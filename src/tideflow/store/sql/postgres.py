@@ -43,6 +43,7 @@ from tideflow.store.sql.base import (
     OPEN_ATTEMPT,
     TASK_SELECT,
     A,
+    C,
     Cursor,
     E,
     Shape,
@@ -580,6 +581,8 @@ class PostgresStore(SqlStore):
     lock_rows = " FOR UPDATE"
     now_sql = NOW
     count_shards = 16
+    # readers go on; a writer waits at its counts statement, its last before the commit
+    lock_counts = (f"LOCK TABLE {C} IN EXCLUSIVE MODE",)
 
     def __init__(
         self,
