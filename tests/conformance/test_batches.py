@@ -207,6 +207,40 @@ def attempts(store: Store, names: Names) -> list[tuple[Any, ...]]:
     return sorted(rows, key=lambda a: (str(a[0]), a[1]))
 
 
+# --- inserts -------------------------------------------------------------------------------------
+def test_one_task_and_a_batch_insert_the_same_rows_and_events(store: Store) -> None:
+    """``submit`` inserts one task (PostgreSQL: a path of its own, its id taken in the insert),
+    ``submit_many`` a batch: the same rows, root ids and events either way, under a parent
+    too."""
+    (alone,) = submit(store)
+    batch = submit(store, 2)
+    parent = row(store, alone)
+    child = lifecycle.new_task(
+        name="job",
+        type="async",
+        payload="null",
+        policy=TaskPolicy(),
+        next_run_time=T0,
+        now=T0,
+        parent=parent,
+    )
+    (child_id,) = store.insert_tasks([child])
+    ids = [alone, *batch, child_id]
+    assert len(set(ids)) == 4 and alone < batch[0] < batch[1] < child_id
+    names = Names(ids)
+    assert {k: v[0] for k, v in tasks(store, names, ids).items()} == dict.fromkeys("abcd", "pending")
+    roots = {names(i): (names(row(store, i).root_id), names(row(store, i).parent_id)) for i in ids}
+    assert roots == {"a": ("a", None), "b": ("b", None), "c": ("c", None), "d": ("a", "a")}
+    found, _ = store.query_events(EventFilter())
+    assert [(names(e.task_id), names(e.root_id), e.event_type, e.to_status) for e in found] == [
+        ("a", "a", "task_created", "pending"),
+        ("b", "b", "task_created", "pending"),
+        ("c", "c", "task_created", "pending"),
+        ("d", "a", "task_created", "pending"),
+    ]
+    assert store.task_counts() == [("job", "pending", 4)]
+
+
 # --- fences ---------------------------------------------------------------------------------------
 def test_fenced_changes_hold_for_their_owner_and_a_lost_guard_mid_batch_writes_nothing(
     store: Store,

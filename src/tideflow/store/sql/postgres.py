@@ -283,6 +283,25 @@ _COPY_EVENTS = (
     f"COPY {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
     " worker_id, attempt, event_time, message, metadata) FROM STDIN (FORMAT BINARY)"
 )
+_SEQ = f"pg_get_serial_sequence('{T}', 'id')"
+#: one task without a unique key (``submit``) in one statement, run on its own (autocommit):
+#: its id taken from the sequence in the statement (no round trip to reserve it; a root's
+#: root_id is its own id), its events (one JSON parameter), its kept count, and the wake-up
+_SUBMIT_ONE = (
+    f"WITH r AS MATERIALIZED (SELECT nextval({_SEQ}) AS id),"
+    f" t AS (INSERT INTO {T} (id, {', '.join(INSERT_COLUMNS)}) SELECT r.id, "
+    + ", ".join(
+        "COALESCE(%s::bigint, r.id)" if c == "root_id" else f"%s::{_COLUMN_TYPES[c]}"
+        for c in INSERT_COLUMNS
+    )
+    + " FROM r RETURNING id, root_id),"
+    f" e AS (INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status,"
+    " stage, worker_id, attempt, event_time, message, metadata)"
+    " SELECT t.id, t.root_id, v.* FROM t, (" + _json_rows(_EVENT_TYPES[2:]) + ") AS v),"
+    f" c AS (INSERT INTO {C} (name, status, shard, n) VALUES (%s, %s, %s, 1)"
+    f" ON CONFLICT (name, status, shard) DO UPDATE SET n = {C}.n + 1)"
+    " SELECT t.id, pg_notify(%s, '') FROM t"
+)
 _OPEN_TYPES = ("bigint", "bigint", "integer", "text", "integer", "float8")
 _COPY_OPENS = (
     f"COPY {A} (task_id, root_id, attempt, worker_id, stage, started_at) FROM STDIN (FORMAT BINARY)"
@@ -493,6 +512,9 @@ class _Tx:
                 )
         if self.changed and not self.notify and not self.done:
             self.execute(f"NOTIFY {CHANGED_CHANNEL}")
+        if self._pipeline is not None:
+            # the COMMIT goes with the statements still queued: one round trip for both
+            self._conn.commit()
         self._leave()
 
     def abort(self, exc: BaseException) -> None:
@@ -690,6 +712,36 @@ class PostgresStore(SqlStore):
         return cur.fetchall()
 
     # --- batched inserts and wake-ups ----------------------------------------------------------
+    def insert_tasks(self, tasks: Sequence[NewTask]) -> list[int]:
+        if len(tasks) != 1 or tasks[0].values.get("unique_key") is not None:
+            return super().insert_tasks(tasks)
+        # one task (``submit``): one statement in its own implicit transaction, one round trip
+        task = tasks[0]
+        values = task.values
+        params = [*map(values.get, INSERT_COLUMNS)]
+        params[_JITTER_PARAM - 1] = 1 if params[_JITTER_PARAM - 1] else 0
+        events = [self._event_params(0, 0, values.get("parent_id"), e)[2:] for e in task.events]
+        channel = CHANNEL if _waits(values) else CHANGED_CHANNEL
+        shard = random.randrange(self.count_shards)
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    row = conn.execute(
+                        _SUBMIT_ONE,
+                        (*params, _json(events), values["name"], values["status"], shard, channel),
+                    ).fetchone()
+                finally:
+                    # fails only on a broken connection, which the pool then discards
+                    with contextlib.suppress(psycopg.Error):
+                        conn.autocommit = False
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        if row is None:  # pragma: no cover - the statement returns the task's row
+            raise StoreError("the task insert returned no id")
+        return [int(row[0])]
+
     def _insert_many(self, cur: Cursor, tasks: Sequence[NewTask]) -> list[int]:
         """Insert in three round trips for the batch: reserve ids, insert rows, insert events."""
         if not tasks:
