@@ -226,9 +226,12 @@ def test_one_task_and_a_batch_insert_the_same_rows_and_events(store: Store) -> N
     )
     (child_id,) = store.insert_tasks([child])
     ids = [alone, *batch, child_id]
-    assert len(set(ids)) == 4 and alone < batch[0] < batch[1] < child_id
+    assert len(set(ids)) == 4
+    assert alone < batch[0] < batch[1] < child_id
     names = Names(ids)
-    assert {k: v[0] for k, v in tasks(store, names, ids).items()} == dict.fromkeys("abcd", "pending")
+    assert {k: v[0] for k, v in tasks(store, names, ids).items()} == dict.fromkeys(
+        "abcd", "pending"
+    )
     roots = {names(i): (names(row(store, i).root_id), names(row(store, i).parent_id)) for i in ids}
     assert roots == {"a": ("a", None), "b": ("b", None), "c": ("c", None), "d": ("a", "a")}
     found, _ = store.query_events(EventFilter())
