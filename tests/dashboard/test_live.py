@@ -233,15 +233,20 @@ def test_without_a_push_channel_the_feed_polls(tm: TaskManager) -> None:
 QUIET = 0.3
 
 
-def test_wake_ups_within_the_gap_make_no_read() -> None:
-    fake = FakeManager()
-    feed = ChangeFeed(
+def pushed_feed(fake: FakeManager, *, min_gap: float) -> ChangeFeed:
+    """A feed that reads the mark only when pushed (its timers an hour long)."""
+    return ChangeFeed(
         fake,  # type: ignore[arg-type]
         interval=3600,
         pushed_interval=3600,
         keepalive=3600,
-        min_gap=3600,
+        min_gap=min_gap,
     )
+
+
+def test_wake_ups_within_the_gap_make_no_read() -> None:
+    fake = FakeManager()
+    feed = pushed_feed(fake, min_gap=3600)
 
     async def scenario() -> tuple[int, int]:
         stream = feed.stream()
@@ -271,13 +276,7 @@ def test_without_a_gap_a_wake_up_reads_at_once() -> None:
     """The same scenario with ``min_gap=0``: the first wake-up is read (so the test above
     would see a read if the gap did not fold them)."""
     fake = FakeManager()
-    feed = ChangeFeed(
-        fake,  # type: ignore[arg-type]
-        interval=3600,
-        pushed_interval=3600,
-        keepalive=3600,
-        min_gap=0,
-    )
+    feed = pushed_feed(fake, min_gap=0)
 
     async def scenario() -> bytes:
         stream = feed.stream()
