@@ -56,7 +56,9 @@ def store(
 
 
 # --- planning, as the worker does ----------------------------------------------------------------
-def submit(store: Store, count: int = 1, *, max_retries: int = 3) -> list[int]:
+def submit(
+    store: Store, count: int = 1, *, max_retries: int = 3, parent: TaskRow | None = None
+) -> list[int]:
     tasks = [
         lifecycle.new_task(
             name="job",
@@ -65,6 +67,7 @@ def submit(store: Store, count: int = 1, *, max_retries: int = 3) -> list[int]:
             policy=TaskPolicy(max_retries=max_retries),
             next_run_time=T0,
             now=T0,
+            parent=parent,
         )
         for _ in range(count)
     ]
@@ -214,17 +217,7 @@ def test_one_task_and_a_batch_insert_the_same_rows_and_events(store: Store) -> N
     too."""
     (alone,) = submit(store)
     batch = submit(store, 2)
-    parent = row(store, alone)
-    child = lifecycle.new_task(
-        name="job",
-        type="async",
-        payload="null",
-        policy=TaskPolicy(),
-        next_run_time=T0,
-        now=T0,
-        parent=parent,
-    )
-    (child_id,) = store.insert_tasks([child])
+    (child_id,) = submit(store, parent=row(store, alone))
     ids = [alone, *batch, child_id]
     assert len(set(ids)) == 4
     assert alone < batch[0] < batch[1] < child_id

@@ -21,7 +21,6 @@ from tideflow.models import TaskAttempt, TaskInfo, WorkerInfo
 
 __all__ = [
     "BULK_ACTIONS",
-    "SORTS",
     "Selection",
     "Timeline",
     "critical_path",
@@ -40,8 +39,6 @@ __all__ = [
     "visible_workers",
 ]
 
-#: columns the task list sorts by (the ``sort`` parameter; ``query_tasks(sort=...)``)
-SORTS = TASK_SORTS
 #: the searches of the task list: URL parameter -> ``query_tasks`` keyword
 _TEXT_SEARCHES = {"q_name": "name_prefix", "q_tag": "tag_contains", "q_worker": "worker_contains"}
 #: time ranges: URL parameter -> ``query_tasks`` keyword
@@ -122,8 +119,10 @@ def search_keywords(
             used[param] = value
     sort = text("sort")
     if sort:
-        if sort not in SORTS:
-            raise InvalidOptionError(f"sort must be one of {', '.join(SORTS)}; got {sort[:40]!r}")
+        if sort not in TASK_SORTS:
+            raise InvalidOptionError(
+                f"sort must be one of {', '.join(TASK_SORTS)}; got {sort[:40]!r}"
+            )
         keywords["sort"] = sort
         used["sort"] = sort
     return keywords, used

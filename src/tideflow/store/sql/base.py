@@ -1021,14 +1021,11 @@ class SqlStore:
             counted = {(str(r[0]), str(r[1])): int(r[2]) for r in cur.fetchall()}
             cur.execute(f"DELETE FROM {C}")
             rows = sorted(counted.items())
-            for start in range(0, len(rows), 500):
+            for start in range(0, len(rows), 500):  # into shard 0 of the emptied counts
                 chunk = rows[start : start + 500]
                 cur.execute(
-                    self._q(
-                        f"INSERT INTO {C} (name, status, shard, n) VALUES"
-                        f" {', '.join(['(?, ?, 0, ?)'] * len(chunk))}"
-                    ),
-                    [v for (name, status), n in chunk for v in (name, status, n)],
+                    self._q(self._counts_upsert(len(chunk))),
+                    [v for (name, status), n in chunk for v in (name, status, 0, n)],
                 )
         return [
             (name, status, kept.get((name, status), 0), counted.get((name, status), 0))

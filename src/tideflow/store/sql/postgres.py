@@ -271,8 +271,8 @@ def _json_rows(types: Sequence[str]) -> str:
 COPY_MIN_ROWS = 32
 _INSERT_EVENT = _q_style(INSERT_EVENT)
 _OPEN_ATTEMPT = _q_style(OPEN_ATTEMPT)
-_ROOT_PARAM = 1 + INSERT_COLUMNS.index("root_id")
-_JITTER_PARAM = 1 + INSERT_COLUMNS.index("retry_jitter")
+_ROOT_PARAM = INSERT_COLUMNS.index("root_id")
+_JITTER_PARAM = INSERT_COLUMNS.index("retry_jitter")
 _TASK_TYPES = ("bigint", *(_COLUMN_TYPES[c] for c in INSERT_COLUMNS))
 _COPY_TASKS = f"COPY {T} (id, {', '.join(INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _EVENT_TYPES = (
@@ -385,6 +385,13 @@ def _parse_done(payload: str, schema: str | None) -> list[int] | None:
     if sender != schema:
         return None
     return [int(part) for part in ids.split(",") if part.strip().isdigit()]
+
+
+def _task_params(values: Any) -> list[Any]:
+    """A new task's values in :data:`INSERT_COLUMNS` order, as PostgreSQL takes them."""
+    params = [*map(values.get, INSERT_COLUMNS)]
+    params[_JITTER_PARAM] = 1 if params[_JITTER_PARAM] else 0
+    return params
 
 
 def _waits(values: Any) -> bool:
@@ -718,8 +725,7 @@ class PostgresStore(SqlStore):
         # one task (``submit``): one statement in its own implicit transaction, one round trip
         task = tasks[0]
         values = task.values
-        params = [*map(values.get, INSERT_COLUMNS)]
-        params[_JITTER_PARAM - 1] = 1 if params[_JITTER_PARAM - 1] else 0
+        params = _task_params(values)
         events = [self._event_params(0, 0, values.get("parent_id"), e)[2:] for e in task.events]
         channel = CHANNEL if _waits(values) else CHANGED_CHANNEL
         shard = random.randrange(self.count_shards)
@@ -747,7 +753,7 @@ class PostgresStore(SqlStore):
         if not tasks:
             return []
         cur.execute(
-            f"SELECT nextval(pg_get_serial_sequence('{T}', 'id')) FROM generate_series(1, %s)",
+            f"SELECT nextval({_SEQ}) FROM generate_series(1, %s)",
             (len(tasks),),
         )
         reserved = sorted(int(r[0]) for r in cur.fetchall())
@@ -760,9 +766,8 @@ class PostgresStore(SqlStore):
             root_id = values.get("root_id")
             if root_id is None:
                 root_id = task_id
-            params = [task_id, *map(values.get, INSERT_COLUMNS)]
-            params[_ROOT_PARAM] = root_id
-            params[_JITTER_PARAM] = 1 if params[_JITTER_PARAM] else 0
+            params = [task_id, *_task_params(values)]
+            params[1 + _ROOT_PARAM] = root_id
             key = values.get("unique_key")
             if key is not None:
                 found = self._insert_unique(cur, params, key)
