@@ -331,7 +331,7 @@ def test_db_sql_prints_each_dialects_statements(
     for table in ("tideflow_schema", "tideflow_tasks", "tideflow_leases"):
         assert f"CREATE TABLE IF NOT EXISTS {table}" in out or f"CREATE TABLE {table}" in out
     assert "{options}" not in out
-    assert out.count("INSERT INTO tideflow_schema") == 4
+    assert out.count("INSERT INTO tideflow_schema") == 5
     assert "ADD COLUMN trace_context TEXT" in out
     assert "tideflow_task_counts" in out  # version 4: the kept counts, filled from the tasks
 

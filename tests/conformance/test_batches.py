@@ -578,3 +578,86 @@ def test_a_fenced_and_staged_guard_needs_all_three(store: Store) -> None:
     assert store.apply([base._replace(fence=Fence("w1", 2), stage=0)]) == [False]  # wrong attempt
     assert store.apply([base._replace(stage=0)]) == [True]
     assert tasks(store, names, ids)["a"][0] == "completed"
+
+
+# --- each fact once: an attempt's row is written at its close -----------------------------------
+def stored_attempt_rows(store: Store) -> int:
+    """Rows in the attempts table itself (an open attempt has none: its task row states it)."""
+    assert isinstance(store, SqlStore)
+    with store._read() as cur:
+        cur.execute("SELECT COUNT(*) FROM tideflow_attempts")
+        return int(cur.fetchone()[0])
+
+
+def test_an_open_attempt_is_its_task_row_and_keeps_its_id_and_claim_order_when_it_closes(
+    store: Store,
+) -> None:
+    ids = submit(store, 2)
+    names = Names(ids)
+    (a,) = claim(store, "w1", limit=1)
+    (b,) = claim(store, "w2", limit=1)
+    opened, total = store.query_attempts(EventFilter())
+    assert total == 2
+    assert [(names(x.task_id), x.worker_id, x.ended_at) for x in opened] == [
+        ("a", "w1", None),
+        ("b", "w2", None),
+    ]
+    assert opened[0].id < opened[1].id  # the order of the claims
+    assert stored_attempt_rows(store) == 0
+
+    assert store.apply([complete(b)]) == [True]  # b closes first
+    assert stored_attempt_rows(store) == 1
+    assert store.apply([complete(a, now=T3)]) == [True]
+    closed, _ = store.query_attempts(EventFilter())
+    assert [(x.id, names(x.task_id), x.outcome, x.duration_seconds) for x in closed] == [
+        (opened[0].id, "a", "completed", T3 - T1),
+        (opened[1].id, "b", "completed", T2 - T1),
+    ]
+    assert stored_attempt_rows(store) == 2
+
+
+def test_attempt_queries_page_and_filter_across_open_and_closed_attempts(store: Store) -> None:
+    ids = submit(store, 3)
+    names = Names(ids)
+    a, b, c = claim(store, "w1")
+    assert store.apply([complete(a), fail(c)]) == [True, True]  # b stays open
+    everything, _ = store.query_attempts(EventFilter(order="desc"))
+    assert [(names(x.task_id), x.outcome) for x in everything] == [
+        ("c", "failed"),
+        ("b", None),
+        ("a", "completed"),
+    ]
+    page, total = store.query_attempts(EventFilter(order="desc", limit=1, offset=1))
+    assert ([names(x.task_id) for x in page], total) == (["b"], 3)
+    still_open, total = store.query_attempts(EventFilter(open_only=True))
+    assert ([names(x.task_id) for x in still_open], total) == (["b"], 1)
+    ended, _ = store.query_attempts(EventFilter(ended_after=T1))
+    assert [names(x.task_id) for x in ended] == ["a", "c"]
+    by_task, _ = store.query_attempts(EventFilter(task_id=b.id, worker_id="w1", stage=0))
+    assert [(names(x.task_id), x.attempt, x.started_at.timestamp()) for x in by_task] == [
+        ("b", 1, T1)
+    ]
+    failed, total = store.query_attempts(EventFilter(outcome="failed", limit=5))
+    assert ([names(x.task_id) for x in failed], total) == (["c"], 1)
+    assert store.query_attempts(EventFilter(started_after=T2)) == ([], 0)
+
+
+def test_an_attempt_closed_and_its_retry_claimed_in_one_exchange_keep_their_own_rows(
+    store: Store,
+) -> None:
+    """The close writes the id its attempt was given, not the one the retry's claim gives the
+    task row later in the same transaction."""
+    (task_id,) = submit(store, 1)
+    names = Names([task_id])
+    (a,) = claim(store, "w1")
+    held, (again,) = store.exchange([fail(a)], request("w1", when=T3))  # due again at once
+    assert held == [True]
+    assert again.attempt == 2
+    assert store.apply([complete(again, now=T3 + 1)]) == [True]
+    found, _ = store.query_attempts(EventFilter(task_id=task_id))
+    assert [(names(x.task_id), x.attempt, x.outcome) for x in found] == [
+        ("a", 1, "failed"),
+        ("a", 2, "completed"),
+    ]
+    assert found[0].id < found[1].id
+    assert stored_attempt_rows(store) == 2

@@ -168,3 +168,106 @@ def test_mysql_setup_repeats_version_4_after_an_interrupted_run(
     assert tm._store.schema_version() == _latest(tm._store)
     kept, counted = _kept_and_counted(tm)
     assert kept == counted
+
+
+def _attempt_rows(store: Any) -> list[tuple[int, int, int, Any]]:
+    """The attempts table itself: (id, task id, attempt, ended_at), by id."""
+    with store._read() as cur:
+        cur.execute("SELECT id, task_id, attempt, ended_at FROM tideflow_attempts ORDER BY id")
+        return [(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in cur.fetchall()]
+
+
+def test_version_4_database_moves_its_open_attempts_onto_their_tasks(
+    make_manager: Callable[..., Any],
+) -> None:
+    """Version 5 writes an attempt's row once, at its close: the open rows a version-4 worker
+    left move onto their running tasks, keeping their ids, and close as before."""
+    tm = make_manager(allow_unregistered=True)
+    store = tm._store
+    _build_version(store, 4)
+    done, running = (_insert_as_version_2(tm, "job", None) for _ in range(2))
+    q = store._q
+    with store._write() as cur:  # as a version-4 worker left them
+        cur.execute(
+            q(
+                "UPDATE tideflow_tasks SET status = 'completed', worker_id = 'w-old', attempt = 1,"
+                " start_time = 10, last_active_time = 11 WHERE id = ?"
+            ),
+            (done,),
+        )
+        cur.execute(
+            q(
+                "UPDATE tideflow_tasks SET status = 'running', worker_id = 'w-old', attempt = 2,"
+                " start_time = 20, heartbeat_at = 20 WHERE id = ?"
+            ),
+            (running,),
+        )
+        for task_id, attempt, start, end, outcome in (
+            (done, 1, 10.0, 11.0, "completed"),
+            (running, 1, 12.0, 13.0, "failed"),
+            (running, 2, 20.0, None, None),
+        ):
+            cur.execute(
+                q(
+                    "INSERT INTO tideflow_attempts (task_id, root_id, attempt, worker_id, stage,"
+                    " started_at, ended_at, outcome, timeout_flag)"
+                    " VALUES (?, ?, ?, ?, 0, ?, ?, ?, 0)"
+                ),
+                (task_id, task_id, attempt, "w-old", start, end, outcome),
+            )
+    before = _attempt_rows(store)
+    open_id = before[-1][0]
+
+    tm.setup()
+    assert store.schema_version() == _latest(store)
+    assert _attempt_rows(store) == before[:-1]  # the open row is on its task now
+    page = tm.query_task_attempts(running)
+    assert [(a.id, a.attempt, a.worker_id, a.outcome) for a in page.items] == [
+        (before[1][0], 1, "w-old", "failed"),
+        (open_id, 2, "w-old", None),
+    ]
+    assert page.items[1].started_at.timestamp() == 20.0
+    assert page.items[1].ended_at is None
+    tm.setup()  # idempotent
+    assert [a.id for a in tm.query_task_attempts(running).items] == [before[1][0], open_id]
+
+    tm.cancel_task(running)  # closes the open attempt: its row is written with its id
+    closed = tm.query_task_attempts(running).items[1]
+    assert (closed.id, closed.outcome, closed.started_at.timestamp()) == (
+        open_id,
+        "cancelled",
+        20.0,
+    )
+    assert closed.ended_at is not None
+
+    tm.use("job", lambda task: "done")
+    fresh = tm.submit("job")
+    tm.start()
+    wait_for_status(tm, fresh, "completed")
+    (new,) = tm.query_task_attempts(fresh).items
+    assert new.id > open_id  # attempts keep the order of their claims across the migration
+    assert tm.query_task_attempts(done).items[0].id == before[0][0]
+
+
+def test_mysql_setup_repeats_version_5_after_an_interrupted_run(
+    make_manager: Callable[..., Any],
+) -> None:
+    """A run that added ``attempt_id`` and the ids table (each DDL commits at once) but did not
+    record version 5 is repeated: no error on the column, the counter set once."""
+    tm = make_manager(allow_unregistered=True)
+    if tm._store.dialect != "mysql":
+        pytest.skip("only MySQL commits DDL outside the migration's transaction")
+    _build_version(tm._store, 4)
+    module = importlib.import_module("tideflow.store.sql.mysql")
+    with tm._store._write() as cur:
+        for statement in module.MIGRATIONS[5][:2]:
+            cur.execute(statement.replace("{options}", _MYSQL_OPTIONS))
+        cur.execute("INSERT INTO tideflow_ids (name, n) VALUES ('attempt', 99)")
+    tm.setup()
+    assert tm._store.schema_version() == _latest(tm._store)
+    tm.use("job", lambda task: "done")
+    task_id = tm.submit("job")
+    tm.start()
+    wait_for_status(tm, task_id, "completed")
+    (attempt,) = tm.query_task_attempts(task_id).items
+    assert attempt.id == 1  # counted from the attempt rows there are, not the leftover

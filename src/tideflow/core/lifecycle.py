@@ -113,6 +113,9 @@ def _close(
         ended_at=now,
         error=error,
         timeout_flag=t.attempt == "timeout",
+        worker_id=row.worker_id,
+        stage=row.stage,
+        started_at=row.start_time,
     )
 
 

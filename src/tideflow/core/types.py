@@ -111,7 +111,8 @@ class NewEvent(NamedTuple):
 
 
 class AttemptOpen(NamedTuple):
-    """Open an attempt row."""
+    """Open an attempt: the running task row states it until it closes (the store gives it
+    the id its closed row will keep)."""
 
     attempt: int
     worker_id: str
@@ -120,13 +121,17 @@ class AttemptOpen(NamedTuple):
 
 
 class AttemptClose(NamedTuple):
-    """Close the open attempt row ``attempt`` with an outcome."""
+    """Close the open attempt ``attempt`` with an outcome: the store writes its one row, with
+    what the running task row said of it (``worker_id``, ``stage``, ``started_at``)."""
 
     attempt: int
     outcome: str
     ended_at: float
     error: str | None = None
     timeout_flag: bool = False
+    worker_id: str | None = None
+    stage: int = 0
+    started_at: float | None = None
 
 
 class NewTask(NamedTuple):

@@ -44,6 +44,9 @@ L = "tideflow_leases"
 W = "tideflow_workers"
 #: the kept counts of tasks per (name, status), in shards: see :meth:`SqlStore._counting`
 C = "tideflow_task_counts"
+#: the last id handed out, by name, where the database has no sequences (SQLite, MySQL): see
+#: :meth:`SqlStore._attempt_ids`
+IDS = "tideflow_ids"
 
 TASK_SELECT = ", ".join(TASK_COLUMNS)
 _JITTER = TASK_COLUMNS.index("retry_jitter")
@@ -89,35 +92,63 @@ INSERT_EVENT = (
     " worker_id, attempt, event_time, message, metadata)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-OPEN_ATTEMPT = (
-    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
-    " VALUES (?, ?, ?, ?, ?, ?, 0)"
+# Each fact once: an attempt's row is written once, when it closes. While it is open, the task
+# row (status 'running') states it: worker_id, attempt, stage, start_time, and attempt_id, the
+# id reserved for it at the claim (so attempts keep the order of their claims, and an open
+# attempt keeps its id when it closes). Reads take the attempt rows and the running tasks.
+#: the columns of an attempt row, as its close writes them
+CLOSE_COLUMNS = (
+    "id, task_id, root_id, attempt, worker_id, stage, started_at, ended_at, outcome, error,"
+    " timeout_flag, duration_seconds"
 )
+#: the row of a closing attempt, its id the one reserved at its claim. A second close of the
+#: same attempt writes nothing (the fence lets one through; this keeps a row from doubling)
 CLOSE_ATTEMPT = (
-    f"UPDATE {A} SET ended_at = ?, outcome = ?, error = ?, timeout_flag = ?,"
-    " duration_seconds = ? - started_at WHERE task_id = ? AND attempt = ? AND ended_at IS NULL"
+    f"INSERT INTO {A} ({CLOSE_COLUMNS}) SELECT attempt_id, id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    f" FROM {T} WHERE id = ? ON CONFLICT DO NOTHING"
+)
+#: the open attempts, read from the running task rows in the columns of an attempt row (the
+#: CASEs are NULLs of the column's type, which a UNION with the stored rows needs)
+OPEN_ATTEMPTS = (
+    "SELECT attempt_id AS id, id AS task_id, root_id, attempt, worker_id, stage,"
+    " start_time AS started_at, CASE WHEN 1 = 0 THEN start_time END AS ended_at,"
+    " CASE WHEN 1 = 0 THEN status END AS outcome, CASE WHEN 1 = 0 THEN status END AS error,"
+    " 0 AS timeout_flag, CASE WHEN 1 = 0 THEN start_time END AS duration_seconds"
+    f" FROM {T} WHERE status = 'running' AND attempt_id IS NOT NULL"
 )
 
 
-def open_params(change: Change) -> tuple[Any, ...]:
-    """Parameters of :data:`OPEN_ATTEMPT` for a change that opens an attempt."""
-    o = change.attempt_open
-    assert o is not None
-    return (change.task_id, change.root_id, o.attempt, o.worker_id, o.stage, o.started_at)
+#: schema 5's move of the open attempt rows onto their running tasks (each dialect adds the
+#: column first, and where it has no sequence, the counter of attempt ids from the rows there
+#: are, before these run)
+MOVE_OPEN_ATTEMPTS = (
+    f"UPDATE {T} SET attempt_id = (SELECT a.id FROM {A} a WHERE a.task_id = {T}.id"
+    f" AND a.attempt = {T}.attempt AND a.ended_at IS NULL) WHERE status = 'running'",
+    f"DELETE FROM {A} WHERE ended_at IS NULL AND id IN"
+    f" (SELECT attempt_id FROM {T} WHERE status = 'running' AND attempt_id IS NOT NULL)",
+)
+#: schema 5's counter of attempt ids where there are no sequences (SQLite, MySQL)
+COUNT_ATTEMPT_IDS = f"INSERT INTO {IDS} (name, n) SELECT 'attempt', COALESCE(MAX(id), 0) FROM {A}"
 
 
 def close_params(change: Change) -> tuple[Any, ...]:
-    """Parameters of :data:`CLOSE_ATTEMPT` for a change that closes an attempt."""
+    """Parameters of :data:`CLOSE_ATTEMPT` for a change that closes an attempt: the values of
+    the row after its id, then the task id."""
     c = change.attempt_close
     assert c is not None
+    started = c.ended_at if c.started_at is None else c.started_at
     return (
+        change.root_id,
+        c.attempt,
+        c.worker_id,
+        c.stage,
+        started,
         c.ended_at,
         c.outcome,
         c.error,
         1 if c.timeout_flag else 0,
-        c.ended_at,
+        c.ended_at - started,
         change.task_id,
-        c.attempt,
     )
 
 
@@ -160,17 +191,23 @@ def guard_row(change: Change, encode: Callable[[str, Any], Any]) -> list[Any]:
 
 
 def guarded_update_terms(
-    shape: Shape, field: Callable[[int], str], table: str
+    shape: Shape,
+    field: Callable[[int], str],
+    table: str,
+    value: Callable[[str, str], str] = lambda column, sql: sql,
 ) -> tuple[str, str, str]:
     """The terms of the guarded UPDATE of ``shape``, as every dialect writes it: the SET list,
     the key (the row's task), and the guard, with ``field(i)`` the SQL naming the ``i``-th
-    value of a :func:`guard_row` row and ``table`` the target's prefix (``"t."`` or ``""``).
+    value of a :func:`guard_row` row and ``table`` the target's prefix (``"t."`` or ``""``);
+    ``value(column, sql)`` may wrap a column's new value (PostgreSQL: ``attempt_id``).
     Statuses are written as literals (they are :class:`Status` names, checked here)."""
     unknown = set(shape.statuses) - _STATUS_NAMES
     if unknown or not shape.statuses:
         raise ValueError(f"not task statuses: {sorted(unknown) or 'none'}")
     n = 1 + len(shape.guards)
-    sets = ", ".join(f"{column} = {field(n + k)}" for k, column in enumerate(shape.columns))
+    sets = ", ".join(
+        f"{column} = {value(column, field(n + k))}" for k, column in enumerate(shape.columns)
+    )
     statuses = ", ".join(f"'{s}'" for s in shape.statuses)
     guard = f"{table}status IN ({statuses})" + "".join(
         f" AND {table}{column} = {field(1 + k)}" for k, column in enumerate(shape.guards)
@@ -497,14 +534,19 @@ class SqlStore:
         if rows:
             cur.executemany(self._q(INSERT_EVENT), rows)
 
-    def _write_attempts(
-        self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
-    ) -> None:
-        """Open attempt rows (:func:`open_params`), then close others (:func:`close_params`)."""
-        if opens:
-            cur.executemany(self._q(OPEN_ATTEMPT), opens)
+    def _write_attempts(self, cur: Cursor, closes: Sequence[Sequence[Any]]) -> None:
+        """Write the rows of closing attempts (:func:`close_params`)."""
         if closes:
             cur.executemany(self._q(CLOSE_ATTEMPT), closes)
+
+    def _attempt_ids(self, cur: Cursor, n: int) -> Sequence[int | None]:
+        """Reserve the ids of ``n`` attempts being opened, in order: the ids their rows get when
+        they close. Portable: a counter row in :data:`IDS`, taken in the claim's transaction
+        (PostgreSQL takes them from the attempts' sequence in the claim's statement)."""
+        cur.execute(self._q(f"UPDATE {IDS} SET n = n + ? WHERE name = 'attempt'"), (n,))
+        cur.execute(f"SELECT n FROM {IDS} WHERE name = 'attempt'")
+        last = int(cur.fetchone()[0])
+        return range(last - n + 1, last + 1)
 
     @staticmethod
     def _event_params(
@@ -619,18 +661,26 @@ class SqlStore:
 
         1. **guard**: a change holds when its task's ``status`` is in ``from_statuses`` and,
            where set, ``worker_id``/``attempt`` equal the ``fence`` and ``stage`` equals
-           ``stage``; it then sets exactly the columns of ``values``, and nothing else.
+           ``stage``; it then sets exactly the columns of ``values``, and nothing else (a
+           change that opens an attempt also sets ``attempt_id``, reserved by
+           :meth:`_attempt_ids`: the task row states the open attempt).
            Changes of one :class:`Shape` share one statement (:meth:`_guarded_update`).
         2. a change that lost its guard writes nothing more (it is logged);
         3. each change that held, in order: its ``children`` inserted (with their creation
            events; a ``lists_children`` event gets their ids in its metadata);
-        4. their events, in order of changes and within each change; then their attempt opens,
-           then their attempt closes (an attempt row is closed once: ``ended_at IS NULL``);
+        4. their events, in order of changes and within each change; then the rows of the
+           attempts they close (one per attempt: a second is not written);
         5. :meth:`_on_held`, a dialect's bookkeeping (wake-ups);
         6. the ``fan_in`` of those that held, counted on their parents
            (:meth:`_count_children`), which resumes a parent whose round is complete.
         """
         before = self._statuses_before(cur, changes)
+        opening = [i for i, c in enumerate(changes) if c.attempt_open is not None]
+        if opening:
+            changes = list(changes)
+            for i, attempt_id in zip(opening, self._attempt_ids(cur, len(opening)), strict=True):
+                c = changes[i]
+                changes[i] = c._replace(values={**c.values, "attempt_id": attempt_id})
         shapes = self._shapes(changes)
         readers = [self._guarded_update(cur, shape, rows) for shape, rows in shapes.items()]
         names: dict[int, str] = {}
@@ -654,9 +704,9 @@ class SqlStore:
                     fans.append(c.fan_in)
             else:
                 self._lost(c)
-        events, opens, closes = self._held_rows(written)
+        events, closes = self._held_rows(written)
         self._insert_event_rows(cur, events)
-        self._write_attempts(cur, opens, closes)
+        self._write_attempts(cur, closes)
         self._on_held(cur, written)
         if fans:
             self._count_children(cur, fans)
@@ -732,18 +782,16 @@ class SqlStore:
 
     def _held_rows(
         self, changes: Sequence[Change]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The event rows, attempt opens and attempt closes of changes that held."""
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The event rows and attempt closes of changes that held (an attempt's opening is
+        written by the guarded update itself: its task row states it)."""
         events: list[tuple[Any, ...]] = []
-        opens: list[tuple[Any, ...]] = []
         closes: list[tuple[Any, ...]] = []
         for change in changes:
             events += self._event_rows(change)
-            if change.attempt_open is not None:
-                opens.append(open_params(change))
             if change.attempt_close is not None:
                 closes.append(close_params(change))
-        return events, opens, closes
+        return events, closes
 
     def _event_rows(self, change: Change) -> list[tuple[Any, ...]]:
         return [
@@ -1189,26 +1237,32 @@ class SqlStore:
         return (" AND ".join(clauses) or "1 = 1"), params
 
     def _audit_query(
-        self, table: str, columns: str, query: EventFilter, time_column: str
+        self, sources: Sequence[str], columns: str, query: EventFilter, time_column: str
     ) -> tuple[list[Any], int]:
+        """Rows of ``columns`` from the union of ``sources`` (each filtered on its own, so each
+        uses its indexes), ordered by id and paged, and their total."""
         where, params = self._audit_where(query, time_column)
         page, page_params = self._page(query.limit, query.offset)
+        branches = [f"SELECT {columns} FROM {source} WHERE {where}" for source in sources]
+        rows_sql = (
+            branches[0]
+            if len(branches) == 1
+            else f"SELECT {columns} FROM ({' UNION ALL '.join(branches)}) AS u"
+        )
         with self._read() as cur:
             cur.execute(
-                self._q(
-                    f"SELECT {columns} FROM {table} WHERE {where}"
-                    f" ORDER BY id {self._order(query.order)}{page}"
-                ),
-                params + page_params,
+                self._q(f"{rows_sql} ORDER BY id {self._order(query.order)}{page}"),
+                params * len(sources) + page_params,
             )
             rows = cur.fetchall()
             if query.limit is None and not query.offset:
                 return rows, len(rows)
-            cur.execute(self._q(f"SELECT COUNT(*) FROM {table} WHERE {where}"), params)
+            counts = " + ".join(f"(SELECT COUNT(*) FROM {s} WHERE {where})" for s in sources)
+            cur.execute(self._q(f"SELECT {counts}"), params * len(sources))
             return rows, int(cur.fetchone()[0])
 
     def query_events(self, query: EventFilter) -> tuple[list[TaskEvent], int]:
-        rows, total = self._audit_query(E, EVENT_COLUMNS, query, "event_time")
+        rows, total = self._audit_query((E,), EVENT_COLUMNS, query, "event_time")
         return [
             TaskEvent(
                 id=int(r[0]),
@@ -1229,7 +1283,9 @@ class SqlStore:
         ], total
 
     def query_attempts(self, query: EventFilter) -> tuple[list[TaskAttempt], int]:
-        rows, total = self._audit_query(A, ATTEMPT_COLUMNS, query, "started_at")
+        rows, total = self._audit_query(
+            (A, f"({OPEN_ATTEMPTS}) AS o"), ATTEMPT_COLUMNS, query, "started_at"
+        )
         return [
             TaskAttempt(
                 id=int(r[0]),

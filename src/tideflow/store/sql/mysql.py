@@ -50,7 +50,10 @@ from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
+    CLOSE_COLUMNS,
+    COUNT_ATTEMPT_IDS,
     INSERT_COLUMNS,
+    MOVE_OPEN_ATTEMPTS,
     A,
     Cursor,
     E,
@@ -62,7 +65,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["MysqlStore"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: the server's now as POSIX seconds (DECIMAL; compared with DOUBLE columns as DOUBLE). NOW() is
 #: fixed for the statement; our sessions' time_zone is UTC, so no DST fold can skew it.
 NOW = "UNIX_TIMESTAMP(NOW(6))"
@@ -71,6 +74,7 @@ _CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 
 _TRACE_COLUMN = "trace_context"
+_ATTEMPT_ID_COLUMN = "attempt_id"
 _FINISHED_INDEX = "tideflow_tasks_finished"
 #: ``{options}`` is replaced by the table options (engine, charset, collation) at setup
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -207,6 +211,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """INSERT INTO tideflow_task_counts (name, status, shard, n)
             SELECT name, status, 0, COUNT(*) FROM tideflow_tasks GROUP BY name, status""",
     ),
+    # each fact once: an attempt's row is written when it closes; while it is open, the
+    # running task row states it, with the id its row will get (reserved at the claim from
+    # the counter in tideflow_ids): the open attempt rows move onto their tasks. The DDL first
+    # (setup skips the column when it is there), the moves committed with the version row
+    5: (
+        f"ALTER TABLE tideflow_tasks ADD COLUMN {_ATTEMPT_ID_COLUMN} BIGINT",
+        """CREATE TABLE IF NOT EXISTS tideflow_ids (
+            name VARCHAR(64) NOT NULL PRIMARY KEY,
+            n BIGINT NOT NULL
+        ) {options}""",
+        "DELETE FROM tideflow_ids WHERE name = 'attempt'",
+        COUNT_ATTEMPT_IDS,
+        *MOVE_OPEN_ATTEMPTS,
+    ),
 }
 
 #: binary, NO PAD collations (so 'a' <> 'a ' and 'A' <> 'a', as on SQLite/PostgreSQL), best first
@@ -288,17 +306,17 @@ _INSERT_EVENTS = (
     f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
     " worker_id, attempt, event_time, message, metadata) VALUES "
 )
-_OPEN_ATTEMPTS = (
-    f"INSERT INTO {A} (task_id, root_id, attempt, worker_id, stage, started_at, timeout_flag)"
-    " VALUES "
-)
-_CLOSE_NAMES = ("ended_at", "outcome", "error", "timeout_flag", "ended2", "task_id", "attempt")
+_CLOSE_NAMES = (
+    "root_id", "attempt", "worker_id", "stage", "started_at", "ended_at", "outcome", "error",
+    "timeout_flag", "duration_seconds", "task_id",
+)  # fmt: skip
+#: the rows of closing attempts (literal rows, :func:`_derived`), each with the id its task row
+#: reserved at the claim; a second close of an attempt writes nothing
 _CLOSE_ATTEMPTS = (
-    "UPDATE ({}) AS v STRAIGHT_JOIN " + A + " AS a"
-    " ON a.task_id = v.task_id AND a.attempt = v.attempt"
-    " SET a.ended_at = v.ended_at, a.outcome = v.outcome, a.error = v.error,"
-    " a.timeout_flag = v.timeout_flag, a.duration_seconds = v.ended2 - a.started_at"
-    " WHERE a.ended_at IS NULL"
+    f"INSERT INTO {A} ({CLOSE_COLUMNS}) SELECT t.attempt_id, v.task_id, "
+    + ", ".join(f"v.{name}" for name in _CLOSE_NAMES[:-1])
+    + f" FROM ({{}}) AS v STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON t.id = v.task_id"
+    f" ON DUPLICATE KEY UPDATE outcome = {A}.outcome"
 )
 _INSERT_TASKS = f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)}) VALUES {{}} RETURNING id"
 
@@ -649,11 +667,7 @@ class MysqlStore(SqlStore):
             " ON DUPLICATE KEY UPDATE n = n + VALUES(n)"
         )
 
-    def _write_attempts(
-        self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
-    ) -> None:
-        if opens:
-            cur.execute(_OPEN_ATTEMPTS + _values([(*row, 0) for row in opens]))
+    def _write_attempts(self, cur: Cursor, closes: Sequence[Sequence[Any]]) -> None:
         if closes:
             cur.execute(_CLOSE_ATTEMPTS.format(_derived(_CLOSE_NAMES, closes)))
 
@@ -768,8 +782,10 @@ class MysqlStore(SqlStore):
         options = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
 
         def prepare(statement: str) -> str:
-            if statement == MIGRATIONS[3][0] and self._has_trace_column(cur):
+            if statement == MIGRATIONS[3][0] and self._has_column(cur, _TRACE_COLUMN):
                 return "SELECT 1"  # added by a run interrupted before it recorded version 3
+            if statement == MIGRATIONS[5][0] and self._has_column(cur, _ATTEMPT_ID_COLUMN):
+                return "SELECT 1"  # the same for version 5
             if statement == MIGRATIONS[4][1] and self._has_finished_index(cur):
                 return "SELECT 1"  # the same for version 4
             return statement.replace("{options}", options)
@@ -777,10 +793,11 @@ class MysqlStore(SqlStore):
         self._run_migrations(cur, MIGRATIONS, SCHEMA_VERSION, "DOUBLE", prepare=prepare)
 
     @staticmethod
-    def _has_trace_column(cur: Any) -> bool:
+    def _has_column(cur: Any, column: str) -> bool:
         cur.execute(
             "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
-            f" AND TABLE_NAME = '{T}' AND COLUMN_NAME = '{_TRACE_COLUMN}'"
+            f" AND TABLE_NAME = '{T}' AND COLUMN_NAME = %s",
+            (column,),
         )
         return int(cur.fetchone()[0]) > 0
 

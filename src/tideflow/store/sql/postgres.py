@@ -38,9 +38,10 @@ from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
 from tideflow.store.sql.base import (
     CLAIMABLE,
+    CLOSE_COLUMNS,
     INSERT_COLUMNS,
     INSERT_EVENT,
-    OPEN_ATTEMPT,
+    MOVE_OPEN_ATTEMPTS,
     TASK_SELECT,
     A,
     C,
@@ -56,7 +57,7 @@ __all__ = ["CHANGED_CHANNEL", "CHANNEL", "DONE_CHANNEL", "PostgresStore"]
 
 log = logging.getLogger("tideflow.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: NOTIFY channel announcing that a task may be due now
 CHANNEL = "tideflow_tasks"
 #: NOTIFY channel carrying the ids of tasks that reached a terminal status: ``schema:id,id,...``
@@ -209,6 +210,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """INSERT INTO tideflow_task_counts (name, status, shard, n)
             SELECT name, status, 0, COUNT(*) FROM tideflow_tasks GROUP BY name, status""",
     ),
+    # each fact once: an attempt's row is written when it closes; while it is open, the
+    # running task row states it, with the id its row will get (taken from the attempts'
+    # sequence by the claim): the open attempt rows move onto their tasks
+    5: ("ALTER TABLE tideflow_tasks ADD COLUMN attempt_id BIGINT", *MOVE_OPEN_ATTEMPTS),
 }
 
 _INSERT_TASK = (
@@ -245,7 +250,7 @@ def _column_types(ddl: str) -> dict[str, str]:
 
 
 #: the SQL type of each task column, for batched writes
-_COLUMN_TYPES = _column_types(MIGRATIONS[1][0]) | {"trace_context": "text"}
+_COLUMN_TYPES = _column_types(MIGRATIONS[1][0]) | {"trace_context": "text", "attempt_id": "bigint"}
 
 
 def _q_style(sql: str) -> str:
@@ -270,7 +275,6 @@ def _json_rows(types: Sequence[str]) -> str:
 #: below this many rows, plain pipelined INSERTs beat COPY (which costs round trips of its own)
 COPY_MIN_ROWS = 32
 _INSERT_EVENT = _q_style(INSERT_EVENT)
-_OPEN_ATTEMPT = _q_style(OPEN_ATTEMPT)
 _ROOT_PARAM = INSERT_COLUMNS.index("root_id")
 _JITTER_PARAM = INSERT_COLUMNS.index("retry_jitter")
 _TASK_TYPES = ("bigint", *(_COLUMN_TYPES[c] for c in INSERT_COLUMNS))
@@ -302,16 +306,27 @@ _SUBMIT_ONE = (
     f" ON CONFLICT (name, status, shard) DO UPDATE SET n = {C}.n + 1)"
     " SELECT t.id, pg_notify(%s, '') FROM t"
 )
-_OPEN_TYPES = ("bigint", "bigint", "integer", "text", "integer", "float8")
-_COPY_OPENS = (
-    f"COPY {A} (task_id, root_id, attempt, worker_id, stage, started_at) FROM STDIN (FORMAT BINARY)"
-)
+#: the attempts' sequence: a claim takes its attempt's id from it in the guarded UPDATE
+_ATTEMPT_SEQ = f"pg_get_serial_sequence('{A}', 'id')"
+_CLOSE_TYPES = (
+    "bigint", "integer", "text", "integer", "float8", "float8", "text", "text", "integer",
+    "float8", "bigint",
+)  # fmt: skip
+#: the rows of closing attempts (:func:`~tideflow.store.sql.base.close_params`, one JSON
+#: parameter), each with the id its task row took at the claim
 _CLOSE_ATTEMPTS = (
-    f"UPDATE {A} AS a SET ended_at = v.c0, outcome = v.c1, error = v.c2, timeout_flag = v.c3,"
-    " duration_seconds = v.c4 - a.started_at FROM ("
-    + _json_rows(("float8", "text", "text", "integer", "float8", "bigint", "integer"))
-    + ") AS v WHERE a.task_id = v.c5 AND a.attempt = v.c6 AND a.ended_at IS NULL"
+    f"INSERT INTO {A} ({CLOSE_COLUMNS})"
+    f" SELECT COALESCE(t.attempt_id, nextval({_ATTEMPT_SEQ})), t.id, "
+    + ", ".join(f"v.c{k}" for k in range(10))
+    + " FROM ("
+    + _json_rows(_CLOSE_TYPES)
+    + f") AS v JOIN {T} AS t ON t.id = v.c10 ON CONFLICT DO NOTHING"
 )
+
+
+def _claimed_id(column: str, sql: str) -> str:
+    """A claim's ``attempt_id``: the store sends none, the sequence gives it here."""
+    return f"COALESCE({sql}, nextval({_ATTEMPT_SEQ}))" if column == "attempt_id" else sql
 
 
 @functools.lru_cache(maxsize=256)
@@ -320,7 +335,7 @@ def _guarded_update_sql(shape: Shape) -> str:
     sits in ``COALESCE``, out of the planner's reach: the rows are found by id alone."""
     types = ["bigint", *(_COLUMN_TYPES[c] for c in shape.guards)]
     types += [_COLUMN_TYPES[c] for c in shape.columns]
-    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.c{i}", "t.")
+    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.c{i}", "t.", _claimed_id)
     return (
         f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
         f" WHERE {key} AND COALESCE({guard}, false) RETURNING t.id, t.name"
@@ -406,9 +421,9 @@ class _Tx:
     Statements are queued and their results read only when needed; each runs on its own psycopg
     cursor (a pipelined cursor that ran several statements may still hold an earlier one's
     result), and ``rowcount`` and ``fetch*`` answer for the latest after syncing the pipeline.
-    Audit rows (events, attempt opens and closes) wait until :meth:`finish`, which writes them
-    with one ``COPY`` per table (several times cheaper than INSERTs for the server) just before
-    the commit. ``COPY`` cannot run in pipeline mode, so the pipeline is left for it.
+    Events wait until :meth:`finish`, which writes them just before the commit (many with one
+    ``COPY``, several times cheaper than INSERTs for the server; ``COPY`` cannot run in
+    pipeline mode, so the pipeline is left for it).
     """
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -419,8 +434,6 @@ class _Tx:
         #: whether statements were queued since the pipeline was last synced
         self._queued = False
         self.events: list[Sequence[Any]] = []
-        self.opens: list[Sequence[Any]] = []
-        self.closes: list[Sequence[Any]] = []
         self.notify = False
         #: whether this transaction changed tasks (announced on commit when nothing else is)
         self.changed = False
@@ -502,12 +515,6 @@ class _Tx:
             self.copy(_COPY_EVENTS, _EVENT_TYPES, self.events)
         elif self.events:
             self.executemany(_INSERT_EVENT, self.events)
-        if len(self.opens) >= COPY_MIN_ROWS:
-            self.copy(_COPY_OPENS, _OPEN_TYPES, self.opens)
-        elif self.opens:
-            self.executemany(_OPEN_ATTEMPT, self.opens)
-        if self.closes:
-            self.execute(_CLOSE_ATTEMPTS, (_json(self.closes),))
         if self.counts is not None:
             self.execute(*self.counts)
         if self.notify:
@@ -853,12 +860,15 @@ class PostgresStore(SqlStore):
             [v for name, status, n in rows for v in (name, status, shard, n)],
         )
 
-    def _write_attempts(
-        self, cur: Cursor, opens: Sequence[Sequence[Any]], closes: Sequence[Sequence[Any]]
-    ) -> None:
-        assert isinstance(cur, _Tx)
-        cur.opens += opens
-        cur.closes += closes
+    def _write_attempts(self, cur: Cursor, closes: Sequence[Sequence[Any]]) -> None:
+        # now (pipelined), not at the end with the events: a claim later in this transaction
+        # may reserve the task's next attempt_id, and these rows take the one they close
+        if closes:
+            cur.execute(_CLOSE_ATTEMPTS, (_json(closes),))
+
+    def _attempt_ids(self, cur: Cursor, n: int) -> Sequence[int | None]:
+        # the guarded UPDATE takes them from the sequence (_claimed_id): no round trip
+        return [None] * n
 
     def _listen(self, channels: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake()`` on every notification on ``channels``; return the unsubscribe."""

@@ -26,6 +26,8 @@ from tideflow.core.types import ClaimRequest
 from tideflow.errors import StoreError
 from tideflow.store.sql.base import (
     CLAIMABLE,
+    COUNT_ATTEMPT_IDS,
+    MOVE_OPEN_ATTEMPTS,
     TASK_SELECT,
     Cursor,
     Shape,
@@ -36,7 +38,7 @@ from tideflow.store.sql.base import (
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -167,6 +169,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DELETE FROM tideflow_task_counts",
         """INSERT INTO tideflow_task_counts (name, status, shard, n)
             SELECT name, status, 0, COUNT(*) FROM tideflow_tasks GROUP BY name, status""",
+    ),
+    # each fact once: an attempt's row is written when it closes; while it is open, the
+    # running task row states it, with the id its row will get (reserved at the claim from
+    # the counter in tideflow_ids): the open attempt rows move onto their tasks
+    5: (
+        "ALTER TABLE tideflow_tasks ADD COLUMN attempt_id INTEGER",
+        "CREATE TABLE tideflow_ids (name TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        COUNT_ATTEMPT_IDS,
+        *MOVE_OPEN_ATTEMPTS,
     ),
 }
 
