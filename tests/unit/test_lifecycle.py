@@ -301,10 +301,15 @@ class TestComplete:
 
     def test_the_close_carries_what_the_running_row_says_of_the_attempt(self) -> None:
         # the store writes the attempt's one row at its close from these
-        row = running(attempt=2, worker_id="w7", stage=4, start_time=NOW - 3)
+        row = running(attempt=2, worker_id="w7", stage=4, start_time=NOW - 3, attempt_id=9)
         close = lifecycle.complete(row, None, NOW, no_tick).attempt_close
         assert close is not None
-        assert (close.worker_id, close.stage, close.started_at) == ("w7", 4, NOW - 3)
+        assert (close.worker_id, close.stage, close.started_at, close.attempt_id) == (
+            "w7",
+            4,
+            NOW - 3,
+            9,
+        )
 
     @pytest.mark.parametrize(
         "previous_tick",

@@ -116,6 +116,7 @@ def _close(
         worker_id=row.worker_id,
         stage=row.stage,
         started_at=row.start_time,
+        attempt_id=row.attempt_id,
     )
 
 

@@ -74,6 +74,9 @@ class TaskRow(NamedTuple):
     progress_percent: float | None
     #: W3C trace context of the submit (JSON of the propagation headers), when instrumented
     trace_context: str | None = None
+    #: the id of the running attempt's row, reserved by its claim (the row is written when the
+    #: attempt closes); internal, not part of ``TaskInfo``
+    attempt_id: int | None = None
 
     def with_values(self, values: Mapping[str, Any]) -> TaskRow:
         """Return this row with ``values`` applied, as the store wrote them."""
@@ -132,6 +135,7 @@ class AttemptClose(NamedTuple):
     worker_id: str | None = None
     stage: int = 0
     started_at: float | None = None
+    attempt_id: int | None = None
 
 
 class NewTask(NamedTuple):

@@ -51,7 +51,8 @@ IDS = "tideflow_ids"
 TASK_SELECT = ", ".join(TASK_COLUMNS)
 _JITTER = TASK_COLUMNS.index("retry_jitter")
 _CONTEXT = TASK_COLUMNS.index("context")
-INSERT_COLUMNS = tuple(c for c in TASK_COLUMNS if c != "id")
+#: a new task's columns (no attempt is open yet)
+INSERT_COLUMNS = tuple(c for c in TASK_COLUMNS if c not in ("id", "attempt_id"))
 CLAIMABLE = ("pending", "failed", "timeout")
 _CLAIMABLE_LIST = ", ".join(f"'{s}'" for s in CLAIMABLE)
 _TERMINAL_LIST = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
@@ -95,18 +96,17 @@ INSERT_EVENT = (
 # Each fact once: an attempt's row is written once, when it closes. While it is open, the task
 # row (status 'running') states it: worker_id, attempt, stage, start_time, and attempt_id, the
 # id reserved for it at the claim (so attempts keep the order of their claims, and an open
-# attempt keeps its id when it closes). Reads take the attempt rows and the running tasks.
+# attempt keeps its id when it closes). Reads take the attempt rows and the running tasks. The
+# close knows the id from the row its worker holds: a plain insert, no read of the task row.
 #: the columns of an attempt row, as its close writes them
 CLOSE_COLUMNS = (
     "id, task_id, root_id, attempt, worker_id, stage, started_at, ended_at, outcome, error,"
     " timeout_flag, duration_seconds"
 )
-#: the row of a closing attempt, its id the one reserved at its claim. A second close of the
-#: same attempt writes nothing (the fence lets one through; this keeps a row from doubling)
-CLOSE_ATTEMPT = (
-    f"INSERT INTO {A} ({CLOSE_COLUMNS}) SELECT attempt_id, id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-    f" FROM {T} WHERE id = ? ON CONFLICT DO NOTHING"
-)
+#: the row of a closing attempt, its id the one reserved at its claim. An attempt closes once:
+#: only a change that held its fence (the task ``running``, this worker, this attempt) closes
+#: it, and that change moves the task off ``running``, so no later one can
+CLOSE_ATTEMPT = f"INSERT INTO {A} ({CLOSE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: the open attempts, read from the running task rows in the columns of an attempt row (the
 #: CASEs are NULLs of the column's type, which a UNION with the stored rows needs)
 OPEN_ATTEMPTS = (
@@ -132,12 +132,14 @@ COUNT_ATTEMPT_IDS = f"INSERT INTO {IDS} (name, n) SELECT 'attempt', COALESCE(MAX
 
 
 def close_params(change: Change) -> tuple[Any, ...]:
-    """Parameters of :data:`CLOSE_ATTEMPT` for a change that closes an attempt: the values of
-    the row after its id, then the task id."""
+    """Parameters of :data:`CLOSE_ATTEMPT` (the attempt row, :data:`CLOSE_COLUMNS`) for a change
+    that closes an attempt."""
     c = change.attempt_close
     assert c is not None
     started = c.ended_at if c.started_at is None else c.started_at
     return (
+        c.attempt_id,
+        change.task_id,
         change.root_id,
         c.attempt,
         c.worker_id,
@@ -148,7 +150,6 @@ def close_params(change: Change) -> tuple[Any, ...]:
         c.error,
         1 if c.timeout_flag else 0,
         c.ended_at - started,
-        change.task_id,
     )
 
 
@@ -191,23 +192,17 @@ def guard_row(change: Change, encode: Callable[[str, Any], Any]) -> list[Any]:
 
 
 def guarded_update_terms(
-    shape: Shape,
-    field: Callable[[int], str],
-    table: str,
-    value: Callable[[str, str], str] = lambda column, sql: sql,
+    shape: Shape, field: Callable[[int], str], table: str
 ) -> tuple[str, str, str]:
     """The terms of the guarded UPDATE of ``shape``, as every dialect writes it: the SET list,
     the key (the row's task), and the guard, with ``field(i)`` the SQL naming the ``i``-th
-    value of a :func:`guard_row` row and ``table`` the target's prefix (``"t."`` or ``""``);
-    ``value(column, sql)`` may wrap a column's new value (PostgreSQL: ``attempt_id``).
+    value of a :func:`guard_row` row and ``table`` the target's prefix (``"t."`` or ``""``).
     Statuses are written as literals (they are :class:`Status` names, checked here)."""
     unknown = set(shape.statuses) - _STATUS_NAMES
     if unknown or not shape.statuses:
         raise ValueError(f"not task statuses: {sorted(unknown) or 'none'}")
     n = 1 + len(shape.guards)
-    sets = ", ".join(
-        f"{column} = {value(column, field(n + k))}" for k, column in enumerate(shape.columns)
-    )
+    sets = ", ".join(f"{column} = {field(n + k)}" for k, column in enumerate(shape.columns))
     statuses = ", ".join(f"'{s}'" for s in shape.statuses)
     guard = f"{table}status IN ({statuses})" + "".join(
         f" AND {table}{column} = {field(1 + k)}" for k, column in enumerate(shape.guards)
@@ -539,10 +534,11 @@ class SqlStore:
         if closes:
             cur.executemany(self._q(CLOSE_ATTEMPT), closes)
 
-    def _attempt_ids(self, cur: Cursor, n: int) -> Sequence[int | None]:
-        """Reserve the ids of ``n`` attempts being opened, in order: the ids their rows get when
-        they close. Portable: a counter row in :data:`IDS`, taken in the claim's transaction
-        (PostgreSQL takes them from the attempts' sequence in the claim's statement)."""
+    def _attempt_ids(self, cur: Cursor, rows: Sequence[TaskRow]) -> Sequence[int | None]:
+        """Reserve the ids of the attempts the claim of ``rows`` opens, in order: the ids their
+        rows get when they close. Portable: a counter row in :data:`IDS`, taken in the claim's
+        transaction (PostgreSQL's claim reads them from the attempts' sequence with the rows)."""
+        n = len(rows)
         cur.execute(self._q(f"UPDATE {IDS} SET n = n + ? WHERE name = 'attempt'"), (n,))
         cur.execute(f"SELECT n FROM {IDS} WHERE name = 'attempt'")
         last = int(cur.fetchone()[0])
@@ -607,6 +603,12 @@ class SqlStore:
                 # the candidate is locked: its status is the one the change starts from
                 change = change._replace(from_statuses=frozenset((row.status,)))
             chosen.append((row, change))
+        if chosen:  # the claim opens attempts: their ids, set on the rows with the claim
+            ids = self._attempt_ids(cur, [row for row, _ in chosen])
+            chosen = [
+                (row, change._replace(values={**change.values, "attempt_id": attempt_id}))
+                for (row, change), attempt_id in zip(chosen, ids, strict=True)
+            ]
         held = self._apply_batch(cur, [change for _, change in chosen])
         return [
             row.with_values(change.values)
@@ -662,8 +664,8 @@ class SqlStore:
         1. **guard**: a change holds when its task's ``status`` is in ``from_statuses`` and,
            where set, ``worker_id``/``attempt`` equal the ``fence`` and ``stage`` equals
            ``stage``; it then sets exactly the columns of ``values``, and nothing else (a
-           change that opens an attempt also sets ``attempt_id``, reserved by
-           :meth:`_attempt_ids`: the task row states the open attempt).
+           claim's values include ``attempt_id``, reserved by :meth:`_attempt_ids`: the task
+           row states the open attempt).
            Changes of one :class:`Shape` share one statement (:meth:`_guarded_update`).
         2. a change that lost its guard writes nothing more (it is logged);
         3. each change that held, in order: its ``children`` inserted (with their creation
@@ -675,12 +677,6 @@ class SqlStore:
            (:meth:`_count_children`), which resumes a parent whose round is complete.
         """
         before = self._statuses_before(cur, changes)
-        opening = [i for i, c in enumerate(changes) if c.attempt_open is not None]
-        if opening:
-            changes = list(changes)
-            for i, attempt_id in zip(opening, self._attempt_ids(cur, len(opening)), strict=True):
-                c = changes[i]
-                changes[i] = c._replace(values={**c.values, "attempt_id": attempt_id})
         shapes = self._shapes(changes)
         readers = [self._guarded_update(cur, shape, rows) for shape, rows in shapes.items()]
         names: dict[int, str] = {}

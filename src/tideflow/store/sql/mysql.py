@@ -306,18 +306,9 @@ _INSERT_EVENTS = (
     f"INSERT INTO {E} (task_id, root_id, parent_id, event_type, from_status, to_status, stage,"
     " worker_id, attempt, event_time, message, metadata) VALUES "
 )
-_CLOSE_NAMES = (
-    "root_id", "attempt", "worker_id", "stage", "started_at", "ended_at", "outcome", "error",
-    "timeout_flag", "duration_seconds", "task_id",
-)  # fmt: skip
-#: the rows of closing attempts (literal rows, :func:`_derived`), each with the id its task row
-#: reserved at the claim; a second close of an attempt writes nothing
-_CLOSE_ATTEMPTS = (
-    f"INSERT INTO {A} ({CLOSE_COLUMNS}) SELECT t.attempt_id, v.task_id, "
-    + ", ".join(f"v.{name}" for name in _CLOSE_NAMES[:-1])
-    + f" FROM ({{}}) AS v STRAIGHT_JOIN {T} AS t FORCE INDEX (PRIMARY) ON t.id = v.task_id"
-    f" ON DUPLICATE KEY UPDATE outcome = {A}.outcome"
-)
+#: the rows of closing attempts (literal rows, :func:`_values`), each with the id its claim
+#: reserved
+_CLOSE_ATTEMPTS = f"INSERT INTO {A} ({CLOSE_COLUMNS}) VALUES {{}}"
 _INSERT_TASKS = f"INSERT INTO {T} ({', '.join(INSERT_COLUMNS)}) VALUES {{}} RETURNING id"
 
 #: JSON_TABLE types of the guard columns
@@ -669,7 +660,7 @@ class MysqlStore(SqlStore):
 
     def _write_attempts(self, cur: Cursor, closes: Sequence[Sequence[Any]]) -> None:
         if closes:
-            cur.execute(_CLOSE_ATTEMPTS.format(_derived(_CLOSE_NAMES, closes)))
+            cur.execute(_CLOSE_ATTEMPTS.format(_values(closes)))
 
     def _insert_many(self, cur: Cursor, tasks: Sequence[NewTask]) -> list[int]:
         """On MariaDB (``INSERT ... RETURNING``), tasks without a ``unique_key`` go in one

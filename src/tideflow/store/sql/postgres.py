@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from tideflow.core.types import Change, ClaimRequest, NewTask
+from tideflow.core.types import TASK_COLUMNS, Change, ClaimRequest, NewTask, TaskRow
 from tideflow.errors import StoreError
 from tideflow.models import TERMINAL_STATUSES
 from tideflow.store.factory import redact
@@ -42,7 +42,6 @@ from tideflow.store.sql.base import (
     INSERT_COLUMNS,
     INSERT_EVENT,
     MOVE_OPEN_ATTEMPTS,
-    TASK_SELECT,
     A,
     C,
     Cursor,
@@ -228,8 +227,16 @@ _PLAN_BY_ID = "SELECT " + ", ".join(
     f"set_config('enable_{name}', 'off', true)"
     for name in ("seqscan", "bitmapscan", "sort", "hashjoin", "mergejoin")
 )
+#: the attempts' sequence: the claim reads the ids of the attempts it opens from it. Looked up
+#: once per statement (a subquery): per row, the lookup cost 10 times the nextval
+_ATTEMPT_SEQ = f"(SELECT pg_get_serial_sequence('{A}', 'id'))"
+#: the due candidates, each read with a fresh attempt id in place of its stored one: the id of
+#: the attempt a claim of it opens (no round trip to reserve them; a candidate left unclaimed
+#: leaves a gap in the ids, nothing else)
 _CLAIM = (
-    f"SELECT {TASK_SELECT} FROM {T}"
+    "SELECT "
+    + ", ".join(f"nextval({_ATTEMPT_SEQ})" if c == "attempt_id" else c for c in TASK_COLUMNS)
+    + f" FROM {T}"
     f" WHERE status IN ({_CLAIMABLE_SQL}) AND next_run_time <= {NOW} AND name = ANY(%s)"
     " AND (requires IS NULL OR string_to_array(requires, ',') <@ %s::text[])"
     " ORDER BY priority DESC, next_run_time, id LIMIT %s FOR UPDATE SKIP LOCKED"
@@ -306,27 +313,20 @@ _SUBMIT_ONE = (
     f" ON CONFLICT (name, status, shard) DO UPDATE SET n = {C}.n + 1)"
     " SELECT t.id, pg_notify(%s, '') FROM t"
 )
-#: the attempts' sequence: a claim takes its attempt's id from it in the guarded UPDATE
-_ATTEMPT_SEQ = f"pg_get_serial_sequence('{A}', 'id')"
 _CLOSE_TYPES = (
-    "bigint", "integer", "text", "integer", "float8", "float8", "text", "text", "integer",
-    "float8", "bigint",
+    "bigint", "bigint", "bigint", "integer", "text", "integer", "float8", "float8", "text",
+    "text", "integer", "float8",
 )  # fmt: skip
 #: the rows of closing attempts (:func:`~tideflow.store.sql.base.close_params`, one JSON
-#: parameter), each with the id its task row took at the claim
+#: parameter), each with the id its claim gave it (a task claimed before schema 5 has none:
+#: one from the sequence)
 _CLOSE_ATTEMPTS = (
-    f"INSERT INTO {A} ({CLOSE_COLUMNS})"
-    f" SELECT COALESCE(t.attempt_id, nextval({_ATTEMPT_SEQ})), t.id, "
-    + ", ".join(f"v.c{k}" for k in range(10))
+    f"INSERT INTO {A} ({CLOSE_COLUMNS}) SELECT COALESCE(v.c0, nextval({_ATTEMPT_SEQ})), "
+    + ", ".join(f"v.c{k}" for k in range(1, 12))
     + " FROM ("
     + _json_rows(_CLOSE_TYPES)
-    + f") AS v JOIN {T} AS t ON t.id = v.c10 ON CONFLICT DO NOTHING"
+    + ") AS v"
 )
-
-
-def _claimed_id(column: str, sql: str) -> str:
-    """A claim's ``attempt_id``: the store sends none, the sequence gives it here."""
-    return f"COALESCE({sql}, nextval({_ATTEMPT_SEQ}))" if column == "attempt_id" else sql
 
 
 @functools.lru_cache(maxsize=256)
@@ -335,7 +335,7 @@ def _guarded_update_sql(shape: Shape) -> str:
     sits in ``COALESCE``, out of the planner's reach: the rows are found by id alone."""
     types = ["bigint", *(_COLUMN_TYPES[c] for c in shape.guards)]
     types += [_COLUMN_TYPES[c] for c in shape.columns]
-    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.c{i}", "t.", _claimed_id)
+    sets, key, guard = guarded_update_terms(shape, lambda i: f"v.c{i}", "t.")
     return (
         f"UPDATE {T} AS t SET {sets} FROM ({_json_rows(types)}) AS v"
         f" WHERE {key} AND COALESCE({guard}, false) RETURNING t.id, t.name"
@@ -861,14 +861,12 @@ class PostgresStore(SqlStore):
         )
 
     def _write_attempts(self, cur: Cursor, closes: Sequence[Sequence[Any]]) -> None:
-        # now (pipelined), not at the end with the events: a claim later in this transaction
-        # may reserve the task's next attempt_id, and these rows take the one they close
         if closes:
             cur.execute(_CLOSE_ATTEMPTS, (_json(closes),))
 
-    def _attempt_ids(self, cur: Cursor, n: int) -> Sequence[int | None]:
-        # the guarded UPDATE takes them from the sequence (_claimed_id): no round trip
-        return [None] * n
+    def _attempt_ids(self, cur: Cursor, rows: Sequence[TaskRow]) -> Sequence[int | None]:
+        # the candidates were read with fresh ids from the sequence (_CLAIM): no round trip
+        return [row.attempt_id for row in rows]
 
     def _listen(self, channels: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake()`` on every notification on ``channels``; return the unsubscribe."""
