@@ -671,7 +671,8 @@ class SqlStore:
         3. each change that held, in order: its ``children`` inserted (with their creation
            events; a ``lists_children`` event gets their ids in its metadata);
         4. their events, in order of changes and within each change; then the rows of the
-           attempts they close (one per attempt: a second is not written);
+           attempts they close (each once: the change that closes it held its fence and moved
+           the task off ``running``);
         5. :meth:`_on_held`, a dialect's bookkeeping (wake-ups);
         6. the ``fan_in`` of those that held, counted on their parents
            (:meth:`_count_children`), which resumes a parent whose round is complete.
