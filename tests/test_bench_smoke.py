@@ -42,3 +42,32 @@ def test_bench_quick_drain_sqlite(tmp_path: Path) -> None:
         assert cell["unit"] == "tasks/s"
         assert cell["tideflow"] is not None
         assert cell["tideflow"] > 0
+
+
+@pytest.mark.slow
+def test_store_cost_reads_the_backends_cpu_per_task(postgres_url: str) -> None:
+    """``bench/store_cost.py`` drains through the store alone and prints the server's CPU per
+    task (a what-if statement given with ``--ddl`` runs first)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "store_cost.py"),
+            "-n",
+            "300",
+            "--batch",
+            "100",
+            "--runs",
+            "1",
+            "--url",
+            postgres_url,
+            "--ddl",
+            "DROP INDEX tideflow_events_task",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    server = float(proc.stdout.split("server")[1].split()[0])
+    assert server > 0
