@@ -27,19 +27,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+from cost import cpu_seconds
 
 from tideflow.core import lifecycle
 from tideflow.core.options import TaskPolicy
 from tideflow.core.types import ClaimRequest, TaskRow
 from tideflow.store.sql.postgres import PostgresStore
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def never(expr: str, tz: str, after: float) -> float:
