@@ -603,12 +603,14 @@ class SqlStore:
                 # the candidate is locked: its status is the one the change starts from
                 change = change._replace(from_statuses=frozenset((row.status,)))
             chosen.append((row, change))
-        if chosen:  # the claim opens attempts: their ids, set on the rows with the claim
-            ids = self._attempt_ids(cur, [row for row, _ in chosen])
-            chosen = [
-                (row, change._replace(values={**change.values, "attempt_id": attempt_id}))
-                for (row, change), attempt_id in zip(chosen, ids, strict=True)
-            ]
+        # the attempts the plan opens: their ids, set on the task rows with the claim
+        opening = [i for i, (_, change) in enumerate(chosen) if change.attempt_open is not None]
+        if opening:
+            ids = self._attempt_ids(cur, [chosen[i][0] for i in opening])
+            for i, attempt_id in zip(opening, ids, strict=True):
+                row, change = chosen[i]
+                values = {**change.values, "attempt_id": attempt_id}
+                chosen[i] = (row, change._replace(values=values))
         held = self._apply_batch(cur, [change for _, change in chosen])
         return [
             row.with_values(change.values)
