@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from conftest import MYSQL
 from support.wait import wait_for_status
+from tideflow import TaskManager
 from tideflow.store.sql.base import INSERT_COLUMNS
 
 _MODULES = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}
@@ -28,6 +30,19 @@ def _build_version(store: Any, version: int) -> None:
             _FLOAT[store.dialect],
             prepare=lambda statement: statement.replace("{options}", _MYSQL_OPTIONS),
         )
+
+
+@pytest.fixture
+def mysql_manager() -> Iterator[Any]:
+    """A manager on the MySQL server (skips, or fails under CI, when unreachable): the tests of
+    a MySQL migration interrupted between its DDL (each commits at once there; SQLite and
+    PostgreSQL run a migration in one transaction, so theirs cannot stop halfway)."""
+    tm = TaskManager(MYSQL.url(), allow_unregistered=True, poll_interval=0.02)
+    try:
+        yield tm
+    finally:
+        tm.stop()
+        tm.close()
 
 
 def _latest(store: Any) -> int:
@@ -78,14 +93,10 @@ def test_version_2_database_migrates_to_3_with_its_tasks(
     assert wait_for_status(tm, new, "completed").result == 42
 
 
-def test_mysql_setup_repeats_version_3_after_an_interrupted_run(
-    make_manager: Callable[..., Any],
-) -> None:
+def test_mysql_setup_repeats_version_3_after_an_interrupted_run(mysql_manager: Any) -> None:
     """MySQL commits DDL at once: a run that added the column but did not record version 3
     is repeated without failing on the existing column."""
-    tm = make_manager(allow_unregistered=True)
-    if tm._store.dialect != "mysql":
-        pytest.skip("only MySQL commits DDL outside the migration's transaction")
+    tm = mysql_manager
     _build_version(tm._store, 2)
     with tm._store._write() as cur:
         cur.execute("ALTER TABLE tideflow_tasks ADD COLUMN trace_context TEXT")
@@ -146,14 +157,10 @@ def test_version_3_database_migrates_to_4_with_its_counts(
     assert kept == counted
 
 
-def test_mysql_setup_repeats_version_4_after_an_interrupted_run(
-    make_manager: Callable[..., Any],
-) -> None:
+def test_mysql_setup_repeats_version_4_after_an_interrupted_run(mysql_manager: Any) -> None:
     """A run that created the counts table and the index (each DDL commits at once) but did
     not record version 4 is repeated: no error on the index, the counts filled once."""
-    tm = make_manager(allow_unregistered=True)
-    if tm._store.dialect != "mysql":
-        pytest.skip("only MySQL commits DDL outside the migration's transaction")
+    tm = mysql_manager
     _build_version(tm._store, 3)
     _version_3_tasks(tm)
     module = importlib.import_module("tideflow.store.sql.mysql")
@@ -249,14 +256,10 @@ def test_version_4_database_moves_its_open_attempts_onto_their_tasks(
     assert tm.query_task_attempts(done).items[0].id == before[0][0]
 
 
-def test_mysql_setup_repeats_version_5_after_an_interrupted_run(
-    make_manager: Callable[..., Any],
-) -> None:
+def test_mysql_setup_repeats_version_5_after_an_interrupted_run(mysql_manager: Any) -> None:
     """A run that added ``attempt_id`` and the ids table (each DDL commits at once) but did not
     record version 5 is repeated: no error on the column, the counter set once."""
-    tm = make_manager(allow_unregistered=True)
-    if tm._store.dialect != "mysql":
-        pytest.skip("only MySQL commits DDL outside the migration's transaction")
+    tm = mysql_manager
     _build_version(tm._store, 4)
     module = importlib.import_module("tideflow.store.sql.mysql")
     with tm._store._write() as cur:
